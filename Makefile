@@ -1,0 +1,29 @@
+# Two commands a fresh machine needs (see README): `make demo` and `make test`.
+# torch==2.13.0 is installed first and pinned with constraints.txt for every later pip call,
+# so nothing can pull a different torch (and gigabytes of CUDA packages) behind our back.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/fiberlab train demo run=demo resume=false
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) train_dir

@@ -1,0 +1,121 @@
+"""The ``fiberlab`` command line: parse, call the library, print. No logic of its own.
+
+Exit codes: 0 success, 1 training stopped (diverged), 2 bad input (recipe, key, value, file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fiberlab.config import ConfigError, TrainConfig, apply_overrides
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"fiberlab: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_recipes(_: argparse.Namespace) -> int:
+    from fiberlab.recipes import list_recipes
+
+    rows = list_recipes()
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import CheckpointError
+    from fiberlab.experiments.plots import plot_learning_curve
+    from fiberlab.recipes import get_recipe
+    from fiberlab.rl.ppo import TrainingDiverged
+    from fiberlab.rl.trainer import Trainer
+
+    try:
+        cfg = apply_overrides(get_recipe(args.recipe), args.overrides)
+        trainer = Trainer(cfg)
+    except (ConfigError, ValueError) as e:
+        return _fail(str(e))
+    try:
+        result = trainer.train()
+    except TrainingDiverged as e:
+        from fiberlab.rl.run_dir import list_checkpoints
+
+        ckpts = list_checkpoints(trainer.run_dir)
+        last = ckpts[-1][2] if ckpts else "none"
+        return _fail(f"{e}; last good checkpoint: {last}", 1)
+    except (ValueError, CheckpointError) as e:
+        return _fail(str(e))
+    if not trainer.dist.is_main:
+        return 0
+    curve = plot_learning_curve(result.run_dir)
+    print(f"run:          {result.run_dir}")
+    print(f"metrics:      {result.run_dir / 'metrics.jsonl'}")
+    print(f"checkpoints:  {result.run_dir / 'checkpoints'} (last: {result.last_checkpoint.name if result.last_checkpoint else 'none'})")
+    print(f"curve:        {curve}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from fiberlab.checkpoint import CheckpointError, load_checkpoint
+    from fiberlab.envs import make_vecenv
+    from fiberlab.rl.evaluate import evaluate
+    from fiberlab.rl.trainer import resolve_device
+
+    episodes, greedy, rest = 10, False, []
+    for item in args.overrides:
+        key, _, val = item.partition("=")
+        if key == "episodes":
+            if not val.isdigit() or int(val) < 1:
+                return _fail(f"bad value {val!r} for 'episodes': a positive integer is allowed")
+            episodes = int(val)
+        elif key == "greedy":
+            if val not in ("true", "false"):
+                return _fail(f"bad value {val!r} for 'greedy': true or false is allowed")
+            greedy = val == "true"
+        else:
+            rest.append(item)
+    try:
+        ck = load_checkpoint(args.checkpoint)
+        cfg = apply_overrides(TrainConfig.model_validate(ck.manifest["config"]), rest)
+        device = resolve_device(cfg.device)
+        torch.set_num_threads(cfg.trainer.torch_threads)
+        env = make_vecenv(cfg.env, cfg.seed + 12_345)
+    except (CheckpointError, ConfigError, ValueError) as e:
+        return _fail(str(e))
+    if list(env.spec.obs_shape) != list(ck.policy.config.obs_shape) or env.spec.num_actions != ck.policy.config.num_actions:
+        return _fail(f"checkpoint expects obs {ck.policy.config.obs_shape} and {ck.policy.config.num_actions} actions; env {cfg.env.name} gives {list(env.spec.obs_shape)} and {env.spec.num_actions}")
+    policy = ck.policy.to(device).eval()
+    with env:
+        result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=greedy)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "env": cfg.env.name, **result}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fiberlab", description="Train recurrent PPO agents, then make them smaller.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a recipe: fiberlab train RECIPE [key.sub=value ...]")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.total_timesteps=200000")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint: fiberlab eval CHECKPOINT [episodes=N] [greedy=true] [key=value ...]")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(func=cmd_eval)
+    r = sub.add_parser("recipes", help="list the named recipes")
+    r.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

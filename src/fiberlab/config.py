@@ -1,0 +1,183 @@
+"""Pydantic configuration of a training run, and Metta-style ``key.sub=value`` overrides.
+
+Every model forbids unknown fields, so a typo in an override is an error naming the key and the
+allowed ones rather than a silently ignored setting.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad recipe name, override key or value: the message is one line meant for the user."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- environments
+class AtariEnvConfig(StrictModel):
+    """ale-py ``AtariVectorEnv`` settings. Defaults follow PufferLib's Atari setup.
+
+    ``obs_mode='puffer'``: one 105x80 grayscale frame (the screen downscaled by 2), what
+    PufferLib's Atari policy expects. ``obs_mode='84x84'``: the DQN/CleanRL 84x84 grayscale
+    resize, stacked ``frame_stack`` times.
+    """
+
+    obs_mode: Literal["puffer", "84x84"] = "puffer"
+    frame_stack: int = Field(1, ge=1, le=16)
+    frameskip: int = Field(4, ge=1)
+    repeat_action_probability: float = Field(0.0, ge=0.0, le=1.0)  # PufferLib builds with 0.0
+    clip_rewards: bool = True  # training reward only; reported returns are always unclipped
+    episodic_life: bool = False
+    noop_max: int = Field(30, ge=0)
+    max_episode_frames: int = Field(108_000, ge=1)
+    num_threads: int = Field(0, ge=0)  # 0: one per core
+
+
+class MettagridEnvConfig(StrictModel):
+    """mettagrid 0.26.22 settings; the ``assembly_lines`` knobs follow cortex.md section 6."""
+
+    num_agents: int = Field(24, ge=1)  # agents per simulation (arena/navigation)
+    max_steps: int = Field(1000, ge=1)
+    chain_length: int = Field(3, ge=1, le=6)
+    num_sinks: int = Field(1, ge=0, le=2)
+    room_size: Literal["tiny", "small", "medium", "large"] = "small"
+    terrain: Literal["none", "sparse", "balanced", "dense"] = "none"
+
+
+class EnvConfig(StrictModel):
+    """Which environment and how many copies step together.
+
+    ``name``: ``popgym.<EnvName>``, ``atari.<Game>``, or ``mettagrid.<arena|navigation|assembly_lines>``.
+    For multi-agent mettagrid the batch is ``num_envs * agents per env``.
+    """
+
+    name: str = "popgym.RepeatPreviousEasy"
+    num_envs: int = Field(32, ge=1)
+    atari: AtariEnvConfig = AtariEnvConfig()
+    mettagrid: MettagridEnvConfig = MettagridEnvConfig()
+
+
+# --------------------------------------------------------------------------- policies
+class PolicyConfig(StrictModel):
+    """A policy is (``name``, these fields). Every hidden width is a field.
+
+    ``None`` widths take the architecture's published default (see ``fiberlab.policies``), so
+    ``policy.name=atari`` alone gives PufferLib's network and ``policy.core_hidden=64`` shrinks
+    only the LSTM. ``obs_shape``, ``num_actions`` and ``obs_scale`` are filled from the env.
+    """
+
+    name: Literal["fast", "atari", "mlp_lstm"] = "mlp_lstm"
+    core: Literal["lstm"] = "lstm"
+    conv_channels: list[int] | None = None
+    linear: list[int] | None = None
+    core_hidden: int | None = Field(None, ge=1)
+    actor_hidden: list[int] | None = None
+    critic_hidden: list[int] | None = None
+    obs_shape: list[int] | None = None
+    num_actions: int | None = Field(None, ge=1)
+    obs_scale: list[float] | None = None
+
+
+# --------------------------------------------------------------------------- trainer
+class TrainerConfig(StrictModel):
+    """PPO hyperparameters. Recipe modules set their own and cite where they come from."""
+
+    total_timesteps: int = Field(2_000_000, ge=1)
+    bptt_horizon: int = Field(16, ge=1)
+    minibatch_size: int = Field(256, ge=1)  # agent steps; rounded to whole BPTT segments
+    update_epochs: int = Field(4, ge=1)
+    learning_rate: float = Field(2.5e-4, gt=0)
+    anneal_lr: bool = True
+    gamma: float = Field(0.99, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0)
+    clip_vloss: bool = True
+    vf_coef: float = Field(0.5, ge=0)
+    ent_coef: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    norm_adv: bool = True
+    adam_eps: float = Field(1e-5, gt=0)
+    pass_state: bool = True  # segment starts from the state stored at rollout time (else zeros)
+    reset_in_training: bool = True  # zero the state at episode starts inside a segment
+    checkpoint_interval: int = Field(10, ge=1)  # epochs
+    torch_threads: int = Field(1, ge=1)
+
+
+class WandbConfig(StrictModel):
+    enabled: bool = False
+    project: str = "fiberlab"
+    mode: Literal["online", "offline"] = "offline"
+
+
+class TrainConfig(StrictModel):
+    """The whole resolved configuration of a run, saved as ``train_dir/<run>/config.json``."""
+
+    recipe: str = "demo"
+    run: str | None = None  # generated from the recipe name and time when not given
+    train_dir: str = "./train_dir"
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = True  # False: start the run over, deleting its old checkpoints and metrics
+    tensorboard: bool = True
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    env: EnvConfig = EnvConfig()
+    policy: PolicyConfig = PolicyConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    wandb: WandbConfig = WandbConfig()
+
+
+# --------------------------------------------------------------------------- overrides
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _parse_value(raw: str) -> Any:
+    """Values are JSON when they parse as JSON (numbers, true/false, lists), else strings."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_overrides(cfg: BaseModel, overrides: list[str]) -> BaseModel:
+    """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied and validated.
+
+    Raises :class:`ConfigError` with one line naming the bad key or value and what is allowed.
+    """
+    data = cfg.model_dump()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.split(".")
+        model: type[BaseModel] = type(cfg)
+        node = data
+        for depth, part in enumerate(parts):
+            fields = model.model_fields
+            if part not in fields:
+                where = ".".join(parts[:depth]) or "the top level"
+                raise ConfigError(
+                    f"unknown key {key!r}: allowed keys under {where} are {', '.join(_allowed_keys(model))}"
+                )
+            ann = fields[part].annotation
+            last = depth == len(parts) - 1
+            if last:
+                node[part] = _parse_value(raw)
+            else:
+                if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                    raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[:depth + 1])} has no sub-keys")
+                model = ann
+                node = node[part]
+    try:
+        return type(cfg).model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        raise ConfigError(f"bad value {value!r} for {loc!r}: {err['msg']}") from None

@@ -1,0 +1,1 @@
+"""Experiments: plots and reports built from run folders."""

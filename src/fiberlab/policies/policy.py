@@ -1,0 +1,53 @@
+"""The recurrent actor-critic every architecture in the registry builds.
+
+encoder (obs -> features) -> core (memory, dict state) -> actor head (logits), critic head (value).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fiberlab.config import PolicyConfig
+from fiberlab.policies.cores import State
+
+
+class RecurrentPolicy(nn.Module):
+    """Actor-critic over a sequence: ``forward(obs [B,T,...], state, resets [B,T])``.
+
+    ``config`` is the fully resolved :class:`PolicyConfig` the registry built it from, so a
+    checkpoint can rebuild it without importing anything named in a file.
+    """
+
+    def __init__(self, config: PolicyConfig, encoder: nn.Module, core: nn.Module, actor: nn.Module, critic: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.core = core
+        self.actor = actor
+        self.critic = critic
+        scale = torch.tensor(config.obs_scale or [1.0], dtype=torch.float32)
+        obs_dims = len(config.obs_shape or [1])
+        if scale.numel() > 1 and obs_dims == 3:  # one divisor per image channel
+            scale = scale.view(-1, 1, 1)
+        self.register_buffer("obs_scale", scale, persistent=False)
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        return self.core.init_state(batch, device)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations (any leading batch dims) -> features; scaling happens here."""
+        lead = obs.shape[: obs.dim() - len(self.config.obs_shape)]
+        x = obs.reshape(-1, *self.config.obs_shape).to(torch.float32) / self.obs_scale
+        return self.encoder(x).reshape(*lead, -1)
+
+    def forward(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """Sequence form: obs ``[B, T, *obs_shape]`` -> logits ``[B, T, A]``, values ``[B, T]``."""
+        x = self.encode(obs)
+        y, state = self.core(x, state, resets=resets)
+        return self.actor(y), self.critic(y).squeeze(-1), state
+
+    def step(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One step: obs ``[B, *obs_shape]`` -> logits ``[B, A]``, values ``[B]``."""
+        x = self.encode(obs)
+        y, state = self.core(x, state, resets=resets)
+        return self.actor(y), self.critic(y).squeeze(-1), state

@@ -1,0 +1,128 @@
+"""Where a run's numbers go: metrics.jsonl (always), TensorBoard, W&B, and the console.
+
+``metrics.jsonl`` is the source of truth (one JSON object per epoch); everything else mirrors it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fiberlab.config import TrainConfig
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class MetricsLogger:
+    """Appends one JSON line per epoch and mirrors it to TensorBoard and W&B when enabled."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        self.wandb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print("tensorboard is not installed: skipping TensorBoard events (pip install tensorboard)", file=sys.stderr)
+        if cfg.wandb.enabled:
+            os.environ.setdefault("WANDB_MODE", cfg.wandb.mode)
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run, dir=str(run_dir), config=cfg.model_dump(), resume="allow", id=cfg.run)
+
+    def log(self, row: dict[str, Any]) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        step = row["agent_step"]
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and v is not None and k != "agent_step":
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if v is not None}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All epochs of ``run_dir/metrics.jsonl`` (skips a torn last line from a killed run)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class Progress:
+    """A live rich panel on a terminal; one plain line per epoch elsewhere (CI, pipes, files)."""
+
+    def __init__(self, mode: str, total_steps: int, run: str) -> None:
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode, self.total, self.run = mode, total_steps, run
+        self.live = None
+        self.last_plain = 0.0
+        self.last_return: float | None = None  # episodes end in bursts: show the latest known
+        if mode == "rich":
+            from rich.live import Live
+
+            self.live = Live(self._table({}), refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def _table(self, row: dict[str, Any]):
+        from rich.table import Table
+
+        t = Table(title=f"fiberlab train: {self.run}", show_header=False)
+        for k in ("agent_step", "epoch", "sps", "episode_return", "episode_length", "eta"):
+            t.add_row(k, _fmt(row.get(k)))
+        return t
+
+    def update(self, row: dict[str, Any]) -> None:
+        sps = row.get("sps") or 0
+        eta = (self.total - row["agent_step"]) / sps if sps else None
+        if row.get("episode_return") is not None:
+            self.last_return = row["episode_return"]
+        row = {**row, "eta": f"{max(eta, 0):.0f}s" if eta is not None else None, "episode_return": self.last_return}
+        if self.mode == "rich" and self.live is not None:
+            self.live.update(self._table(row))
+        elif self.mode == "plain":
+            now = time.time()
+            if now - self.last_plain >= 2.0 or row["agent_step"] >= self.total:
+                self.last_plain = now
+                print(
+                    f"[{self.run}] step {row['agent_step']}/{self.total} epoch {row['epoch']} "
+                    f"sps {_fmt(row.get('sps'))} return {_fmt(row.get('episode_return'))} eta {row['eta']}",
+                    flush=True,
+                )
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,104 @@
+"""The PPO update (Schulman et al. 2017) over minibatches of whole BPTT segments.
+
+Names follow the paper and CleanRL so the code can be checked line by line:
+
+    ratio    = exp(logp_new - logp_old)
+    pg_loss  = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))
+    v_loss   = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))
+    loss     = pg_loss - ent_coef * entropy + vf_coef * v_loss
+    approx_kl = mean((ratio - 1) - logratio)        (Schulman's low-variance estimator)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fiberlab.config import TrainerConfig
+from fiberlab.rl.rollout import Rollout
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says at which epoch and minibatch."""
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clipfrac: float
+    explained_variance: float
+
+
+def segment_minibatches(num_segments: int, horizon: int, minibatch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffle segment indices and split them into minibatches of ``minibatch_size`` steps."""
+    per_mb = max(1, minibatch_size // horizon)
+    perm = torch.randperm(num_segments, generator=generator)
+    return [perm[i : i + per_mb] for i in range(0, num_segments, per_mb)]
+
+
+def ppo_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: TrainerConfig,
+    generator: torch.Generator,
+    epoch: int = 0,
+) -> UpdateStats:
+    """Several epochs of clipped-PPO over ``rollout``; ``model`` may be a DDP wrapper."""
+    n, horizon = rollout.actions.shape
+    resets = rollout.starts.clone()
+    resets[:, 0] = False  # the stored initial state already had step 0's reset applied
+    if not cfg.reset_in_training:
+        resets[:] = False
+    sums = np.zeros(5)
+    count = 0
+    for _ in range(cfg.update_epochs):
+        for mb_i, idx in enumerate(segment_minibatches(n, horizon, cfg.minibatch_size, generator)):
+            if cfg.pass_state:
+                state = {k: v[idx] for k, v in rollout.initial_state.items()}
+            else:
+                state = None
+            logits, newvalue, _ = model(rollout.obs[idx], state, resets[idx])
+            logp_all = torch.log_softmax(logits, dim=-1)
+            newlogprob = logp_all.gather(-1, rollout.actions[idx].unsqueeze(-1)).squeeze(-1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+            logratio = newlogprob - rollout.logprobs[idx]
+            ratio = logratio.exp()
+
+            mb_adv = advantages[idx]
+            if cfg.norm_adv:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+
+            mb_ret, mb_oldv = returns[idx], rollout.values[idx]
+            if cfg.clip_vloss:
+                v_clipped = mb_oldv + (newvalue - mb_oldv).clamp(-cfg.clip_coef, cfg.clip_coef)
+                v_loss = 0.5 * torch.max((newvalue - mb_ret) ** 2, (v_clipped - mb_ret) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((newvalue - mb_ret) ** 2).mean()
+
+            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, minibatch {mb_i}: training stopped")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+            sums += [pg_loss.item(), v_loss.item(), entropy.item(), approx_kl.item(), clipfrac.item()]
+            count += 1
+    y_pred, y_true = rollout.values.flatten(), returns.flatten()
+    var_y = torch.var(y_true)
+    explained_var = float("nan") if var_y == 0 else float(1 - torch.var(y_true - y_pred) / var_y)
+    m = sums / max(count, 1)
+    return UpdateStats(m[0], m[1], m[2], m[3], m[4], explained_var)

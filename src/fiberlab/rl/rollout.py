@@ -1,0 +1,83 @@
+"""Rollout storage and collection for truncated BPTT.
+
+Buffers are allocated once per run as ``[num_agents, bptt_horizon, ...]`` (segment-major, so a
+minibatch is a set of whole rows). The recurrent state fed to step 0 of each segment is stored
+(detached): it is the segment's initial state in training when ``trainer.pass_state``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fiberlab.envs.base import EpisodeStats, VecEnv
+from fiberlab.policies.cores import State
+
+
+@dataclass
+class Rollout:
+    obs: torch.Tensor  # [N, T, *obs_shape]
+    actions: torch.Tensor  # [N, T] int64
+    logprobs: torch.Tensor  # [N, T]
+    values: torch.Tensor  # [N, T]
+    rewards: torch.Tensor  # [N, T]
+    dones: torch.Tensor  # [N, T] bool: episode ended after this step
+    starts: torch.Tensor  # [N, T] bool: this step is an episode's first
+    initial_state: State  # state fed to step 0, after its reset
+
+    @classmethod
+    def allocate(cls, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, state: State, device: torch.device) -> "Rollout":
+        f = dict(device=device)
+        return cls(
+            obs=torch.zeros((n, t, *obs_shape), dtype=obs_dtype, **f),
+            actions=torch.zeros((n, t), dtype=torch.int64, **f),
+            logprobs=torch.zeros((n, t), **f),
+            values=torch.zeros((n, t), **f),
+            rewards=torch.zeros((n, t), **f),
+            dones=torch.zeros((n, t), dtype=torch.bool, **f),
+            starts=torch.zeros((n, t), dtype=torch.bool, **f),
+            initial_state={k: torch.zeros_like(v) for k, v in state.items()},
+        )
+
+
+class RolloutCollector:
+    """Steps the policy and env ``bptt_horizon`` times, carrying obs and state across calls."""
+
+    def __init__(self, env: VecEnv, policy: torch.nn.Module, horizon: int, device: torch.device, seed: int) -> None:
+        self.env, self.policy, self.horizon, self.device = env, policy, horizon, device
+        n = env.num_agents
+        obs = env.reset(seed)
+        self.obs = torch.as_tensor(obs).to(device)
+        self.start = torch.ones(n, dtype=torch.bool, device=device)  # first step of the run
+        self.state = policy.init_state(n, device)
+        dtype = self.obs.dtype
+        self.buf = Rollout.allocate(n, horizon, tuple(env.spec.obs_shape), dtype, self.state, device)
+
+    @torch.no_grad()
+    def collect(self, generator: torch.Generator | None = None) -> tuple[Rollout, torch.Tensor, list[EpisodeStats], int]:
+        """Fill the buffer; return it, V(s_T) for bootstrapping, finished episodes, agent steps."""
+        buf, episodes = self.buf, []
+        for t in range(self.horizon):
+            self.state = self.policy.core.reset_state(self.state, self.start)
+            if t == 0:
+                for k, v in self.state.items():
+                    buf.initial_state[k].copy_(v)
+            buf.obs[:, t] = self.obs
+            buf.starts[:, t] = self.start
+            logits, value, self.state = self.policy.step(self.obs, self.state)
+            logp_all = torch.log_softmax(logits, dim=-1)
+            action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            buf.actions[:, t] = action
+            buf.logprobs[:, t] = logp_all.gather(1, action[:, None]).squeeze(1)
+            buf.values[:, t] = value
+            obs, reward, done, finished = self.env.step(action.cpu().numpy())
+            episodes += finished
+            self.obs = torch.as_tensor(obs).to(self.device, non_blocking=True)
+            buf.rewards[:, t] = torch.as_tensor(reward).to(self.device)
+            done_t = torch.as_tensor(done).to(self.device)
+            buf.dones[:, t] = done_t
+            self.start = done_t
+        state = self.policy.core.reset_state(self.state, self.start)
+        _, next_value, _ = self.policy.step(self.obs, state)
+        return buf, next_value, episodes, self.env.num_agents * self.horizon

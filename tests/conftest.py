@@ -1,0 +1,40 @@
+"""Shared helpers: tiny configs and a CLI runner that captures exit code and output."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(train_dir: Path, run: str = "t", recipe: str = "demo", epochs: int = 2, agents: int | None = None, **extra: object) -> list[str]:
+    """Overrides for a run of ``epochs`` epochs of 8 steps; ``agents`` is the batch (default: env.num_envs, 8)."""
+    agents = agents or int(extra.get("env.num_envs", 8))
+    over = {
+        "run": run,
+        "train_dir": str(train_dir),
+        "progress": "none",
+        "env.num_envs": 8,
+        "trainer.bptt_horizon": 8,
+        "trainer.minibatch_size": 32,
+        "trainer.total_timesteps": 8 * agents * epochs,
+        "trainer.checkpoint_interval": 1,
+    }
+    over.update(extra)
+    return [recipe] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in over.items()]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fiberlab", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

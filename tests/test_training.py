@@ -1,0 +1,131 @@
+"""End to end through the CLI: train 2 epochs, checkpoint, resume, eval; determinism; NaN."""
+import json
+
+import pytest
+
+from conftest import tiny
+from fiberlab.checkpoint import read_manifest
+from fiberlab.rl.logging import read_metrics
+from fiberlab.rl.run_dir import list_checkpoints
+
+FAMILIES = [
+    ("demo", {}),
+    ("beam_rider", {"env.num_envs": 2, "trainer.minibatch_size": 16}),
+    ("arena", {"env.num_envs": 1, "env.mettagrid.max_steps": 20, "agents": 24}),
+    ("navigation", {"env.num_envs": 1, "env.mettagrid.max_steps": 20, "agents": 4}),
+    ("assembly_lines", {"env.num_envs": 4, "env.mettagrid.max_steps": 20, "agents": 4}),
+    ("popgym.CountRecallEasy", {}),
+]
+
+
+@pytest.mark.parametrize("recipe, extra", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_train_resume_eval_each_env_family(cli, tmp_path, recipe, extra):
+    r = cli("train", *tiny(tmp_path, recipe=recipe, **extra))
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "t"
+    ckpts = list_checkpoints(run)
+    assert [c[0] for c in ckpts] == [1, 2]
+    m = read_manifest(ckpts[-1][2])
+    assert m["progress"]["epoch"] == 2 and m["run"] == "t" and m["env_spec"]["name"].split(".")[0] in ("popgym", "atari", "mettagrid")
+    steps_per_epoch = m["progress"]["agent_step"] // 2
+    # resume: ask for 2 more epochs; counters continue from the checkpoint
+    r = cli("train", *tiny(tmp_path, recipe=recipe, epochs=4, **extra))
+    assert r.returncode == 0, r.stderr
+    rows = read_metrics(run)
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert rows[-1]["agent_step"] == 4 * steps_per_epoch
+    assert list_checkpoints(run)[-1][0] == 4
+    r = cli("eval", str(list_checkpoints(run)[-1][2]), "episodes=2", *(f"{k}={v}" for k, v in extra.items() if k.startswith("env.")))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["episodes"] == 2 and out["steps"] > 0 and isinstance(out["mean_return"], float)
+    assert (run / "learning_curve.png").stat().st_size > 1000
+
+
+def test_resume_restores_weights_and_optimizer(tmp_path):
+    import torch
+
+    from fiberlab.checkpoint import load_checkpoint
+    from fiberlab.config import apply_overrides
+    from fiberlab.recipes import get_recipe
+    from fiberlab.rl.trainer import Trainer
+
+    cfg = apply_overrides(get_recipe("demo"), tiny(tmp_path, epochs=2)[1:])
+    Trainer(cfg).train()
+    ck2 = load_checkpoint(list_checkpoints(tmp_path / "t")[-1][2])
+    trainer = Trainer(apply_overrides(cfg, ["trainer.total_timesteps=192"]))
+    env, _, policy, opt = trainer._build()
+    epoch, step, _, path = trainer._resume(policy, opt)
+    env.close()
+    assert (epoch, step) == (2, 128) and path == ck2.path
+    for a, b in zip(policy.parameters(), ck2.policy.parameters()):
+        assert torch.equal(a, b)
+    assert all(int(s["step"]) == 2 * 4 * 2 for s in opt.state_dict()["state"].values())  # 2 epochs x 4 update epochs x 2 minibatches
+
+
+def test_resume_false_starts_over(cli, tmp_path):
+    assert cli("train", *tiny(tmp_path, epochs=3)).returncode == 0
+    r = cli("train", *tiny(tmp_path, epochs=1, resume=False))
+    assert r.returncode == 0, r.stderr
+    assert [c[0] for c in list_checkpoints(tmp_path / "t")] == [1]
+    assert [row["epoch"] for row in read_metrics(tmp_path / "t")] == [1]
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(cli, tmp_path):
+    assert cli("train", *tiny(tmp_path, epochs=2)).returncode == 0
+    last = list_checkpoints(tmp_path / "t")[-1][2]
+    last.write_bytes(last.read_bytes()[:200])
+    r = cli("train", *tiny(tmp_path, epochs=3))
+    assert r.returncode == 0, r.stderr
+    assert "skipping unreadable checkpoint" in r.stdout
+    # resumed from epoch 1: the rows the lost checkpoint covered are dropped and re-run
+    assert [row["epoch"] for row in read_metrics(tmp_path / "t")] == [1, 2, 3]
+
+
+def test_same_seed_same_metrics(cli, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert cli("train", *tiny(d, epochs=3, seed=11)).returncode == 0
+    keys = ("agent_step", "epoch", "episode_return", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "learning_rate")
+    ra, rb = read_metrics(a / "t"), read_metrics(b / "t")
+    assert [{k: r[k] for k in keys} for r in ra] == [{k: r[k] for k in keys} for r in rb]
+    c = tmp_path / "c"
+    assert cli("train", *tiny(c, epochs=3, seed=12)).returncode == 0
+    assert [r["policy_loss"] for r in read_metrics(c / "t")] != [r["policy_loss"] for r in ra]
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import fiberlab.rl.trainer as trainer_mod
+    from fiberlab.cli.main import main
+
+    real = trainer_mod.compute_gae
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        adv, ret = real(*a, **k)
+        if calls["n"] >= 3:
+            ret = ret * torch.nan
+        return adv, ret
+
+    monkeypatch.setattr(trainer_mod, "compute_gae", poisoned)
+    code = main(["train", *tiny(tmp_path, epochs=5)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "loss became nan" in err[0] and "t__e2__s128" in err[0]
+    assert [c[0] for c in list_checkpoints(tmp_path / "t")] == [1, 2]
+
+
+def test_tensorboard_and_wandb_offline(cli, tmp_path):
+    pytest.importorskip("wandb")
+    r = cli("train", *tiny(tmp_path, epochs=2, **{"wandb.enabled": True, "wandb.mode": "offline"}), env={"WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "t" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "t" / "wandb").glob("offline-run-*"))
+
+
+def test_plain_progress_when_not_a_terminal(cli, tmp_path):
+    r = cli("train", *tiny(tmp_path, epochs=2, progress="auto"))
+    assert r.returncode == 0
+    assert "[t] step 128/128" in r.stdout and "run:" in r.stdout and "curve:" in r.stdout
