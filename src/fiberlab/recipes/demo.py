@@ -13,4 +13,4 @@ DESCRIPTION = "POPGym RepeatPreviousEasy (recall the card 4 steps back), mlp_lst
 
 def config() -> TrainConfig:
     cfg = popgym.config("RepeatPreviousEasy")
-    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"total_timesteps": 500_000})})
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"total_timesteps": 1_000_000})})

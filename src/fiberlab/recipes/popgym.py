@@ -14,7 +14,7 @@ def config(env_name: str = "RepeatPreviousEasy") -> TrainConfig:
     if env_name not in popgym_env_names():
         raise ValueError(f"unknown popgym env {env_name!r}: allowed are {', '.join(popgym_env_names())}")
     return TrainConfig(
-        env=EnvConfig(name=f"popgym.{env_name}", num_envs=32),
+        env=EnvConfig(name=f"popgym.{env_name}", num_envs=64),
         policy=PolicyConfig(name="mlp_lstm"),
-        trainer=TrainerConfig(total_timesteps=1_000_000, bptt_horizon=16, minibatch_size=128, update_epochs=4, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, ent_coef=0.01),
+        trainer=TrainerConfig(total_timesteps=1_000_000, bptt_horizon=16, minibatch_size=256, update_epochs=4, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, ent_coef=0.01),
     )

@@ -83,7 +83,8 @@ class Trainer:
             policy = build_policy(pcfg)
         policy = policy.to(self.device)
         self.cfg = cfg = cfg.model_copy(update={"policy": policy.config})
-        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.trainer.learning_rate, eps=cfg.trainer.adam_eps)
+        # fused Adam: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
+        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.trainer.learning_rate, eps=cfg.trainer.adam_eps, fused=True)
         return env, env_seed, policy, optimizer
 
     def _resume(self, policy, optimizer) -> tuple[int, int, float, Path | None]:
