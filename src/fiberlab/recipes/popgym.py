@@ -16,5 +16,5 @@ def config(env_name: str = "RepeatPreviousEasy") -> TrainConfig:
     return TrainConfig(
         env=EnvConfig(name=f"popgym.{env_name}", num_envs=64),
         policy=PolicyConfig(name="mlp_lstm"),
-        trainer=TrainerConfig(total_timesteps=1_000_000, bptt_horizon=16, minibatch_size=256, update_epochs=4, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, ent_coef=0.01),
+        trainer=TrainerConfig(total_timesteps=1_000_000, bptt_horizon=16, minibatch_size=256, update_epochs=4, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, ent_coef=0.01, checkpoint_interval=100),
     )
