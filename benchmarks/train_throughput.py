@@ -15,7 +15,7 @@ warm-up epoch. Groups (``--only``):
 
 Usage::
 
-    .venv/bin/python benchmarks/train_throughput.py                 # all groups, ~3 min on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py                 # all groups, ~1.5 min on 2 cores
     .venv/bin/python benchmarks/train_throughput.py --quick --only demo
     .venv/bin/python benchmarks/train_throughput.py --repeats 3 --json bench.json
 
@@ -57,8 +57,12 @@ def _ensure_src_on_path() -> None:
         sys.path.insert(0, str(SRC))
 
 
-def group_config(group: str, num_envs: int, quick: bool, device: str):
-    """The fiberlab TrainConfig a group's rows share (recipe defaults, our num_envs and budget)."""
+def group_config(group: str, num_envs: int, quick: bool, device: str, extra: list[str] | None = None):
+    """The fiberlab TrainConfig a group's rows share (recipe defaults, our num_envs and budget).
+
+    ``extra`` are ``--set key=value`` overrides, applied last; the SB3 rows read their PPO settings
+    from the same config, so an override such as ``trainer.minibatch_size=512`` changes every row.
+    """
     from fiberlab.config import apply_overrides
     from fiberlab.recipes import get_recipe
 
@@ -69,7 +73,7 @@ def group_config(group: str, num_envs: int, quick: bool, device: str):
         over.append(f"env.num_envs={num_envs}")
     elif group == "beam_rider":
         over.append("env.num_envs=8")  # 8 ALE envs: 2 cores and a 3.9 M-parameter conv net
-    return apply_overrides(get_recipe(recipe), over)
+    return apply_overrides(get_recipe(recipe), over + list(extra or []))
 
 
 def plan_rows(groups: list[str], have_sb3: bool) -> list[dict]:
@@ -161,23 +165,23 @@ def work_ours(cfg, spec: dict) -> dict:
 
 
 def _sb3_env_fns(cfg) -> list:
-    """One gymnasium popgym env per slot: one-hot observations (like fiberlab's adapter) + Monitor."""
+    """One gymnasium popgym env per slot, observations one-hot encoded exactly as fiberlab's popgym
+    adapter does (its ``_Flattener``), wrapped in SB3's ``Monitor`` as ``make_vec_env`` would."""
     import gymnasium as gym
     import numpy as np
     from stable_baselines3.common.monitor import Monitor
 
-    from fiberlab.envs.popgym import _make_one
+    from fiberlab.envs.popgym import _Flattener, _make_one
 
     class OneHot(gym.ObservationWrapper):
         def __init__(self, env):
             super().__init__(env)
-            assert isinstance(env.observation_space, gym.spaces.Discrete)
-            self.n = int(env.observation_space.n)
-            self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n,), np.float32)
+            self.flat = _Flattener(env.observation_space)
+            self.observation_space = gym.spaces.Box(0.0, 1.0, (self.flat.size,), np.float32)
 
         def observation(self, obs):
-            out = np.zeros(self.n, np.float32)
-            out[int(obs)] = 1.0
+            out = np.zeros(self.flat.size, np.float32)
+            self.flat.write(obs, out)
             return out
 
     name = cfg.env.name.split(".", 1)[1]
@@ -255,8 +259,8 @@ def worker_main(spec: dict) -> None:
     _ensure_src_on_path()
     import torch
 
-    torch.set_num_threads(1)
-    cfg = group_config(spec["group"], spec["num_envs"], spec["quick"], spec["device"])
+    cfg = group_config(spec["group"], spec["num_envs"], spec["quick"], spec["device"], spec["set"])
+    torch.set_num_threads(cfg.trainer.torch_threads)  # 1 unless --set trainer.torch_threads=N; every row alike
     out = WORKERS[spec["kind"]](cfg, spec)
     out["sps"] = out["steps"] / out["seconds"]
     if torch.cuda.is_available() and _device(spec["device"]).startswith("cuda"):
@@ -267,7 +271,8 @@ def worker_main(spec: dict) -> None:
 # =============================================================================== parent side
 def run_row(row: dict, args, log_dir: Path) -> dict:
     """Run one row in a fresh interpreter; return its result plus the child's own peak RSS."""
-    spec = {**row, "num_envs": args.num_envs, "quick": args.quick, "device": args.device, "min_seconds": MIN_SECONDS[1 if args.quick else 0]}
+    spec = {**row, "num_envs": args.num_envs, "quick": args.quick, "device": args.device, "set": args.set,
+            "min_seconds": MIN_SECONDS[1 if args.quick else 0]}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     log = log_dir / f"{row['group']}_{row['kind']}_{time.monotonic_ns()}.log"
     t0 = time.perf_counter()
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device of the networks (envs run on the CPU)")
     p.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups out of {', '.join(GROUPS)} (default: all)")
     p.add_argument("--num-envs", type=int, default=32, help="envs in the demo group, for every row (default 32)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every row of every group (repeatable), e.g. trainer.minibatch_size=512")
     p.add_argument("--repeats", type=int, default=1, help="run every row this many times (interleaved); report the median")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a row is killed")
     p.add_argument("--json", metavar="OUT", help="write the results (rows, ratios, machine) to this JSON file")
@@ -383,16 +390,26 @@ def main(argv: list[str] | None = None) -> int:
         print("SB3 rows skipped: stable-baselines3 / sb3-contrib are not installed (pip install -c constraints.txt -e '.[bench]')", flush=True)
     run_groups = [g for g in groups if g not in skips]
     planned = plan_rows(run_groups, have_sb3)
+    if not planned:
+        print("nothing to run")
+        return 0
+    from fiberlab.config import ConfigError
+
+    configs = {}
+    for g in run_groups:
+        try:
+            configs[g] = group_config(g, args.num_envs, args.quick, args.device, args.set)
+        except ConfigError as e:
+            p.error(str(e))
 
     import torch
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch.__version__}, "
-          f"device {args.device}{' (cuda available)' if torch.cuda.is_available() else ''}, torch threads 1 per row", flush=True)
-    for g in run_groups:
-        c = group_config(g, args.num_envs, args.quick, args.device)
+          f"device {args.device}{' (cuda available)' if torch.cuda.is_available() else ''}", flush=True)
+    for g, c in configs.items():
         t = c.trainer
         print(f"{g}: env {c.env.name} x{c.env.num_envs}, policy {c.policy.name}, bptt {t.bptt_horizon}, minibatch {t.minibatch_size}, "
-              f"epochs {t.update_epochs}, {t.total_timesteps} agent steps per row", flush=True)
+              f"epochs {t.update_epochs}, torch threads {t.torch_threads}, {t.total_timesteps} agent steps per row", flush=True)
 
     results: dict[int, list[dict]] = {i: [] for i in range(len(planned))}
     with tempfile.TemporaryDirectory(prefix="fiberlab_bench_logs_") as logs:

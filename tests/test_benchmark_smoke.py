@@ -1,0 +1,46 @@
+"""Smoke test of benchmarks/train_throughput.py: the demo rows run and the ratio lines print.
+
+Absolute speeds are not asserted: the machine is shared and noisy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+
+
+def test_quick_demo_rows_print_ratios(tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("sb3_contrib")
+    out_json = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--only", "demo", "--device", "cpu", "--json", str(out_json)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for line in ("demo: ours / SB3 PPO:", "demo: ours / RecurrentPPO:", "demo: ours / env-only ceiling:"):
+        assert re.search(re.escape(line) + r" \d+\.\d+", out), f"missing {line!r} in:\n{out}"
+    assert "beam_rider" not in out and "arena" not in out  # --only demo runs the demo rows only
+
+    data = json.loads(out_json.read_text())
+    kinds = {r["kind"] for r in data["rows"]}
+    assert kinds == {"env", "forward", "ours", "sb3_ppo", "sb3_rppo"}
+    for r in data["rows"]:
+        assert r["sps"] > 0 and r["peak_rss_mb"] > 0, r
+    assert set(data["ratios"]) == {"demo: ours / env-only ceiling", "demo: ours / SB3 PPO", "demo: ours / RecurrentPPO"}
+
+
+def test_unknown_group_is_rejected() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nope"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 2 and "unknown group" in proc.stderr
