@@ -42,6 +42,7 @@ WORKER_TAG = "BENCH_RESULT "
 # and is not counted in the SPS, so a budget is a few dozen epochs in full mode.
 BUDGETS = {
     "demo": (40_960, 4_096),
+    "small": (163_840, 16_384),
     "beam_rider": (4_096, 512),
     "arena": (30_720, 4_608),
 }
@@ -66,11 +67,15 @@ def group_config(group: str, num_envs: int, quick: bool, device: str, extra: lis
     from fiberlab.config import apply_overrides
     from fiberlab.recipes import get_recipe
 
-    recipe = {"demo": "demo", "beam_rider": "beam_rider", "arena": "arena"}[group]
+    recipe = {"demo": "demo", "small": "demo", "beam_rider": "beam_rider", "arena": "arena"}[group]
     steps = BUDGETS[group][1 if quick else 0]
     over = [f"trainer.total_timesteps={steps}", f"device={device}", "progress=none"]
     if group == "demo":
         over.append(f"env.num_envs={num_envs}")
+    elif group == "small":
+        # The framework-overhead case: a small network (16-unit layer, LSTM 16), 256 envs and one
+        # update epoch (Metta's default), so the env and our loop, not matmuls, set the pace.
+        over += ["env.num_envs=256", "policy.linear=[16]", "policy.core_hidden=16", "trainer.minibatch_size=4096", "trainer.update_epochs=1"]
     elif group == "beam_rider":
         over.append("env.num_envs=8")  # 8 ALE envs: 2 cores and a 3.9 M-parameter conv net
     return apply_overrides(get_recipe(recipe), over + list(extra or []))
@@ -82,7 +87,7 @@ def plan_rows(groups: list[str], have_sb3: bool) -> list[dict]:
         rows.append({"group": g, "kind": "env", "name": "env only, random actions (ceiling)"})
         rows.append({"group": g, "kind": "forward", "name": "env + policy forward (rollout, no training)"})
         rows.append({"group": g, "kind": "ours", "name": "fiberlab trainer"})
-        if g == "demo" and have_sb3:
+        if g in ("demo", "small") and have_sb3:
             rows.append({"group": g, "kind": "sb3_ppo", "name": "SB3 PPO (MlpPolicy, no LSTM)"})
             rows.append({"group": g, "kind": "sb3_rppo", "name": "sb3-contrib RecurrentPPO (MlpLstmPolicy)"})
     return rows

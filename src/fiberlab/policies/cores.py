@@ -49,6 +49,14 @@ class LSTMCore(nn.Module):
         B, T, _ = x.shape
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
+        if single:  # one step (acting): the fused cell skips nn.LSTM's per-call sequence set-up
+            h, c = state["h"], state["c"]
+            if resets is not None and bool(resets.any()):
+                keep = (~resets[:, 0]).to(x.dtype).unsqueeze(-1)
+                h, c = h * keep, c * keep
+            lstm = self.lstm
+            h, c = torch.lstm_cell(x[:, 0], (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            return h, {"h": h, "c": c}
         h, c = state["h"].unsqueeze(0), state["c"].unsqueeze(0)
         if resets is None or not bool(resets.any()):
             y, (h, c) = self.lstm(x, (h, c))
@@ -63,7 +71,7 @@ class LSTMCore(nn.Module):
                 outs.append(y_chunk)
             y = torch.cat(outs, dim=1)
         new_state = {"h": h.squeeze(0), "c": c.squeeze(0)}
-        return (y.squeeze(1) if single else y), new_state
+        return y, new_state
 
 
 CORES = {"lstm": LSTMCore}

@@ -54,12 +54,13 @@ class RolloutCollector:
         dtype = self.obs.dtype
         self.buf = Rollout.allocate(n, horizon, tuple(env.spec.obs_shape), dtype, self.state, device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def collect(self, generator: torch.Generator | None = None) -> tuple[Rollout, torch.Tensor, list[EpisodeStats], int]:
         """Fill the buffer; return it, V(s_T) for bootstrapping, finished episodes, agent steps."""
         buf, episodes = self.buf, []
         for t in range(self.horizon):
-            self.state = self.policy.core.reset_state(self.state, self.start)
+            if bool(self.start.any()):
+                self.state = self.policy.core.reset_state(self.state, self.start)
             if t == 0:
                 for k, v in self.state.items():
                     buf.initial_state[k].copy_(v)
