@@ -21,6 +21,7 @@ def test_nested_override_is_typed():
         ("env.num_envs=0", "'env.num_envs'"),
         ("seed.x=1", "seed has no sub-keys"),
         ("policy.name=resnet", "'policy.name'"),
+        ("run=../../etc", "'run'"),
     ],
 )
 def test_bad_override_is_one_clear_line(override, fragment):

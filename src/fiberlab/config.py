@@ -119,7 +119,7 @@ class TrainConfig(StrictModel):
     """The whole resolved configuration of a run, saved as ``train_dir/<run>/config.json``."""
 
     recipe: str = "demo"
-    run: str | None = None  # generated from the recipe name and time when not given
+    run: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # generated from the recipe name and time when not given
     train_dir: str = "./train_dir"
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N

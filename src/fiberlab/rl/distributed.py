@@ -42,6 +42,12 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return box[0]
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (e.g. until rank 0 has cleared a run that starts over)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
     if not info.enabled:
         return values

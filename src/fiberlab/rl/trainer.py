@@ -112,6 +112,7 @@ class Trainer:
         cfg, tc, is_main = self.cfg, self.cfg.trainer, self.dist.is_main
         if is_main and not cfg.resume and self.run_dir.exists():
             start_over(self.run_dir)
+        dist_utils.barrier(self.dist)  # no rank may read checkpoints rank 0 is deleting
         env, env_seed, policy, optimizer = self._build()
         cfg = self.cfg
         epoch, agent_step, wall_before, last_ckpt = self._resume(policy, optimizer) if cfg.resume else (0, self.initial_agent_step, 0.0, None)
