@@ -129,3 +129,21 @@ def test_plain_progress_when_not_a_terminal(cli, tmp_path):
     r = cli("train", *tiny(tmp_path, epochs=2, progress="auto"))
     assert r.returncode == 0
     assert "[t] step 128/128" in r.stdout and "run:" in r.stdout and "curve:" in r.stdout
+
+
+def test_bf16_update_trains_and_stays_close_to_fp32(tmp_path):
+    """precision=bf16 autocasts the update's forward pass; the first epoch's losses stay close."""
+    from fiberlab.config import apply_overrides
+    from fiberlab.recipes import get_recipe
+    from fiberlab.rl.trainer import Trainer
+
+    rows = {}
+    for p in ("fp32", "bf16"):
+        cfg = apply_overrides(get_recipe("demo"), tiny(tmp_path / p, epochs=2, **{"trainer.precision": p, "tensorboard": False})[1:])
+        Trainer(cfg).train()
+        rows[p] = read_metrics(tmp_path / p / "t")
+    assert len(rows["bf16"]) == 2 and all(r["policy_loss"] is not None for r in rows["bf16"])
+    a, b = rows["fp32"][0], rows["bf16"][0]
+    assert a["value_loss"] != b["value_loss"]  # bf16 really ran
+    assert abs(a["value_loss"] - b["value_loss"]) < 0.05 * abs(a["value_loss"]) + 1e-4
+    assert abs(a["entropy"] - b["entropy"]) < 0.01

@@ -105,6 +105,9 @@ class TrainerConfig(StrictModel):
     adam_eps: float = Field(1e-5, gt=0)
     pass_state: bool = True  # segment starts from the state stored at rollout time (else zeros)
     reset_in_training: bool = True  # zero the state at episode starts inside a segment
+    # bf16: the PPO update's forward pass under autocast (AMX on recent Xeons, tensor cores on GPUs);
+    # weights, optimizer state, losses and acting stay fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_interval: int = Field(10, ge=1)  # epochs
     torch_threads: int = Field(1, ge=1)
 

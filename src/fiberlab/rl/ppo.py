@@ -65,7 +65,9 @@ def ppo_update(
                 state = {k: v[idx] for k, v in rollout.initial_state.items()}
             else:
                 state = None
-            logits, newvalue, _ = model(rollout.obs[idx], state, resets[idx])
+            with torch.autocast(rollout.obs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits, newvalue, _ = model(rollout.obs[idx], state, resets[idx])
+            logits, newvalue = logits.float(), newvalue.float()
             logp_all = torch.log_softmax(logits, dim=-1)
             newlogprob = logp_all.gather(-1, rollout.actions[idx].unsqueeze(-1)).squeeze(-1)
             entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
