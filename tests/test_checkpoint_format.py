@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 
-from fiberlab.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
@@ -24,7 +24,7 @@ def saved(tmp_path):
 def test_round_trip_policy_optimizer_and_manifest(saved):
     p, opt, path = saved
     m = read_manifest(path)
-    assert m["format_version"] == 1 and m["architecture"] == "mlp_lstm" and m["progress"]["agent_step"] == 99 and m["seed"] == 7
+    assert m["format_version"] == FORMAT_VERSION and m["checksum"].startswith("sha256:") and m["architecture"] == "mlp_lstm" and m["progress"]["agent_step"] == 99 and m["seed"] == 7
     assert m["torch_version"] == torch.__version__.split("+")[0]
     ck = load_checkpoint(path)
     for (k, a), (_, b) in zip(p.state_dict().items(), ck.policy.state_dict().items()):
@@ -86,10 +86,14 @@ def test_unknown_architecture_in_file_is_refused(saved, tmp_path):
     from safetensors.torch import load_file, save_file
 
     m = read_manifest(path)
-    m["policy_config"]["name"] = "evil.Module"
+    m["architecture"] = m["policy_config"]["name"] = "evil.Module"
     bad = tmp_path / "evil.safetensors"
     save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})
-    with pytest.raises(CheckpointError, match="cannot rebuild"):
+    with pytest.raises(CheckpointError, match="architecture 'evil.Module' is unknown"):
+        load_checkpoint(bad)
+    m["architecture"] = "mlp_lstm"
+    save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})
+    with pytest.raises(CheckpointError, match="policy config is invalid: name='evil.Module'"):
         load_checkpoint(bad)
 
 

@@ -1,11 +1,12 @@
 """The fiberlab checkpoint file: one safetensors file, a JSON manifest in its header.
 
-Layout (format version 1):
+Layout (format version 2; version 1 lacked ``checksum``, see ``versions.py``):
 - header metadata key ``fiberlab`` -> JSON manifest: ``format_version``, ``fiberlab_version``,
   ``torch_version``, ``architecture``, ``policy_config`` (full, resolved), ``env_spec``,
   ``progress`` {epoch, agent_step, wall_time}, ``run``, ``seed``, ``config`` (the run's whole
   TrainConfig), ``optimizer`` (class, param groups' hyperparameters, parameter names) and
-  ``rng`` (numpy and Python generator states).
+  ``rng`` (numpy and Python generator states), and ``checksum`` (sha256 over the tensors, see
+  :func:`tensor_checksum`).
 - tensors: ``policy/<state_dict key>``; ``optimizer/<param index>/<state key>``; ``rng/torch``.
 
 No pickle anywhere: loading never runs code, and the architecture is rebuilt through the
@@ -14,18 +15,21 @@ half-written checkpoint under its final name.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+import warnings
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_KEY = "fiberlab"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a larger claim is corruption
 
@@ -40,6 +44,43 @@ def _version() -> str:
     return __version__
 
 
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Why over tensors and not file bytes: the manifest holding the checksum lives in the file's
+    header, so it cannot cover the file itself; tensors are what a flipped byte would corrupt.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], compress: str | None = None, level: int | None = None, shuffle: bool = False) -> Path:
+    """Write ``tensors`` with ``manifest`` (its checksum refreshed) atomically to ``path``.
+
+    With ``compress`` the plain file is written first and then compressed to ``path`` (which
+    should carry the method's extension); either way the final name appears only when complete.
+    """
+    path = Path(path)
+    manifest = {**manifest, "checksum": tensor_checksum(tensors)}
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+        if compress is None:
+            os.replace(tmp, path)
+        else:
+            from fiberlab.checkpoint.compression import compress_file
+
+            compress_file(tmp, path, method=compress, level=level, shuffle=shuffle)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_checkpoint(
     path: str | Path,
     policy: torch.nn.Module,
@@ -52,8 +93,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     rng: dict[str, Any] | None = None,
     torch_rng: torch.Tensor | None = None,
+    compress: str | None = None,
+    level: int | None = None,
+    shuffle: bool = False,
 ) -> Path:
-    """Write ``policy`` (and optionally optimizer and RNG state) atomically to ``path``."""
+    """Write ``policy`` (and optionally optimizer and RNG state) atomically to ``path``.
+
+    ``compress`` = ``"zstd"``, ``"lz4"`` or ``"gzip"`` compresses the file (``shuffle`` groups the
+    bytes of float tensors by significance first, which roughly doubles the gain on weights).
+    """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     for k, v in policy.state_dict().items():
@@ -89,28 +137,21 @@ def save_checkpoint(
         manifest["rng"] = rng
     if torch_rng is not None:
         tensors["rng/torch"] = torch_rng.clone()
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
-    os.replace(tmp, path)
-    return path
+    return write_checkpoint(path, manifest, tensors, compress=compress, level=level, shuffle=shuffle)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read only the header of ``path`` and return its manifest (no tensor data is read)."""
-    path = Path(path)
+def _parse_full_header(path: Path, raw8: bytes, size: int | None, read: Callable[[int], bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(manifest, safetensors tensor index) from a header; one-line CheckpointError otherwise."""
+    if len(raw8) < 8:
+        raise CheckpointError(f"{path}: not a fiberlab checkpoint (file is too short)")
+    (n,) = struct.unpack("<Q", raw8)
+    if n > MAX_HEADER_BYTES or (size is not None and n > size - 8):
+        raise CheckpointError(f"{path}: corrupt checkpoint (header claims {n} bytes, file has {size if size is not None else 'fewer'})")
+    data = read(n)
+    if len(data) < n:
+        raise CheckpointError(f"{path}: corrupt checkpoint (header claims {n} bytes, file ends first)")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path}: not a fiberlab checkpoint (file of {size} bytes is too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER_BYTES or n > size - 8:
-                raise CheckpointError(f"{path}: corrupt checkpoint (header claims {n} bytes, file has {size})")
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+        header = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: corrupt checkpoint (header is not valid JSON)") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
@@ -120,11 +161,75 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(meta[MANIFEST_KEY])
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: corrupt checkpoint (manifest is not valid JSON)") from None
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format version {manifest['format_version']} is newer than this fiberlab reads ({FORMAT_VERSION}); upgrade fiberlab"
-        )
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint (manifest is not a JSON object)")
+    index = {k: v for k, v in header.items() if k != "__metadata__"}
+    return manifest, index
+
+
+def read_header_and_index(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest as stored (any version) and the tensor index (name -> dtype, shape,
+    data_offsets), reading only the header; a compressed file is decompressed only that far."""
+    from fiberlab.checkpoint import compression
+
+    path = Path(path)
+    try:
+        method = compression.detect(path)
+        if method is not None:
+            with compression.open_plain_stream(path) as f:
+                return _parse_full_header(path, f.read(8), None, f.read)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return _parse_full_header(path, f.read(8), size, f.read)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The manifest exactly as stored (any version), reading only the header."""
+    return read_header_and_index(path)[0]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of ``path`` (header only); refuses a format newer than this fiberlab."""
+    manifest = read_header(path)
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version} is newer than this fiberlab reads ({FORMAT_VERSION}); upgrade fiberlab")
     return manifest
+
+
+@contextlib.contextmanager
+def plain_file(path: str | Path) -> Iterator[Path]:
+    """``path`` itself when uncompressed, else a streamed, size-capped temporary plain copy."""
+    from fiberlab.checkpoint import compression
+
+    path = Path(path)
+    if compression.detect(path) is None:
+        yield path
+    else:
+        with compression.decompressed(path) as plain:
+            yield plain
+
+
+def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of ``path`` (decompressed if needed); one-line CheckpointError if corrupt."""
+    path = Path(path)
+    try:
+        with plain_file(path) as plain:
+            return load_file(str(plain), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: corrupt checkpoint ({msg})") from None
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Manifest and tensors, upgraded through the version chain to the current format."""
+    from fiberlab.checkpoint.versions import upgrade
+
+    manifest = read_manifest(path)
+    tensors = read_tensors(path, device)
+    return upgrade(manifest, tensors)
 
 
 @dataclass
@@ -136,6 +241,7 @@ class Checkpoint:
     policy: torch.nn.Module
     optimizer_state: dict[str, torch.Tensor]
     torch_rng: torch.Tensor | None
+    report: Any = None  # the CompatibilityReport it was loaded under
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore ``optimizer`` (built over the same parameters in the same order)."""
@@ -153,25 +259,35 @@ class Checkpoint:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load ``path``: rebuild the policy through the registry and restore its weights."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False) -> Checkpoint:
+    """Load ``path``: rebuild the policy through the registry and restore its weights.
+
+    With ``env_spec`` (an :class:`~fiberlab.envs.base.EnvSpec` or its dict) compatibility is
+    checked first: PARTIAL warns and remaps observation features and actions by name so the
+    policy behaves as before; INCOMPATIBLE raises :class:`CheckpointError` with the report
+    unless ``force``.
+    """
+    from fiberlab.checkpoint.compat import apply_remap, check_compatibility
     from fiberlab.policies import build_policy
 
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest, tensors = read_checkpoint(path, device)
+    report = check_compatibility(manifest, env_spec, path=path)
+    if report.level == "INCOMPATIBLE" and not force:
+        raise CheckpointError(f"{path}: incompatible: {'; '.join(report.errors)}")
+    if report.level == "PARTIAL":
+        warnings.warn(f"{path}: partially compatible: {'; '.join(report.warnings)}", stacklevel=2)
     try:
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt checkpoint ({msg})") from None
-    try:
-        policy = build_policy(manifest["policy_config"]).to(device)
-    except (KeyError, ValueError) as e:
+        policy = build_policy(report.policy_config).to(device)
+    except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the policy ({str(e).splitlines()[0]})") from None
     weights = {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")}
     try:
         policy.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the architecture ({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise CheckpointError(f"{path}: weights do not fit the architecture ({lines[1] if len(lines) > 1 else lines[0]})") from None
+    if report.remap is not None:
+        policy = apply_remap(policy, report.remap)
     opt = {k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")}
-    return Checkpoint(path, manifest, policy, opt, tensors.get("rng/torch"))
+    return Checkpoint(path, manifest, policy, opt, tensors.get("rng/torch"), report)

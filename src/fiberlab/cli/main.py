@@ -61,37 +61,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from fiberlab.checkpoint import CheckpointError, load_checkpoint
+    from fiberlab.checkpoint import CheckpointError, load_checkpoint, read_manifest
     from fiberlab.envs import make_vecenv
     from fiberlab.rl.evaluate import evaluate
     from fiberlab.rl.trainer import resolve_device
 
-    episodes, greedy, rest = 10, False, []
+    episodes, flags, rest = 10, {"greedy": False, "force": False}, []
     for item in args.overrides:
         key, _, val = item.partition("=")
         if key == "episodes":
             if not val.isdigit() or int(val) < 1:
                 return _fail(f"bad value {val!r} for 'episodes': a positive integer is allowed")
             episodes = int(val)
-        elif key == "greedy":
+        elif key in flags:
             if val not in ("true", "false"):
-                return _fail(f"bad value {val!r} for 'greedy': true or false is allowed")
-            greedy = val == "true"
+                return _fail(f"bad value {val!r} for {key!r}: true or false is allowed")
+            flags[key] = val == "true"
         else:
             rest.append(item)
     try:
-        ck = load_checkpoint(args.checkpoint)
-        cfg = apply_overrides(TrainConfig.model_validate(ck.manifest["config"]), rest)
+        manifest = read_manifest(args.checkpoint)
+        cfg = apply_overrides(TrainConfig.model_validate(manifest["config"]), rest)
         device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.trainer.torch_threads)
         env = make_vecenv(cfg.env, cfg.seed + 12_345)
-    except (CheckpointError, ConfigError, ValueError) as e:
-        return _fail(str(e))
-    if list(env.spec.obs_shape) != list(ck.policy.config.obs_shape) or env.spec.num_actions != ck.policy.config.num_actions:
-        return _fail(f"checkpoint expects obs {ck.policy.config.obs_shape} and {ck.policy.config.num_actions} actions; env {cfg.env.name} gives {list(env.spec.obs_shape)} and {env.spec.num_actions}")
+        try:
+            ck = load_checkpoint(args.checkpoint, env_spec=env.spec, force=flags["force"])
+        except CheckpointError:
+            env.close()
+            raise
+    except (CheckpointError, ConfigError, ValueError, KeyError, TypeError) as e:
+        return _fail(str(e) if not isinstance(e, (KeyError, TypeError)) else f"{args.checkpoint}: manifest has no usable run config ({e})")
     policy = ck.policy.to(device).eval()
     with env:
-        result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=greedy)
+        result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=flags["greedy"])
     print(json.dumps({"checkpoint": str(args.checkpoint), "env": cfg.env.name, **result}))
     return 0
 
@@ -103,12 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.total_timesteps=200000")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a checkpoint: fiberlab eval CHECKPOINT [episodes=N] [greedy=true] [key=value ...]")
+    e = sub.add_parser("eval", help="evaluate a checkpoint: fiberlab eval CHECKPOINT [episodes=N] [greedy=true] [force=true] [key=value ...]")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
     r = sub.add_parser("recipes", help="list the named recipes")
     r.set_defaults(func=cmd_recipes)
+    from fiberlab.cli.ckpt import add_parser as add_ckpt_parser
+
+    add_ckpt_parser(sub)
     return p
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,40 @@ def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class DistributedPolicy(DistributedDataParallel):
+    """DDP that still looks like the policy it wraps.
+
+    - Attributes and methods DDP does not have fall back to the wrapped policy
+      (``wrapper.init_state(...)``, ``wrapper.config``, ``wrapper.core``).
+    - ``state_dict`` / ``load_state_dict`` have no ``module.`` prefix, so a checkpoint written from
+      a DDP run loads into a plain policy and back.
+    - BatchNorm layers become SyncBatchNorm on GPUs, so batch statistics are computed over all
+      ranks (PyTorch's SyncBatchNorm runs only on CUDA: on CPU they stay per-rank BatchNorm, with
+      a warning).
+    """
+
+    def __init__(self, module: nn.Module, **kwargs: object) -> None:
+        if has_batchnorm(module):
+            if next(module.parameters()).is_cuda:
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            else:
+                warnings.warn("BatchNorm stays per-rank on CPU: PyTorch's SyncBatchNorm needs CUDA", stacklevel=2)
+        super().__init__(module, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -121,9 +121,8 @@ class Trainer:
             truncate_metrics(self.run_dir, epoch)
         model = policy
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model = dist_utils.DistributedPolicy(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            policy = model.module  # SyncBatchNorm conversion may have replaced modules
 
         collector = RolloutCollector(env, policy, tc.bptt_horizon, self.device, seed=env_seed + 7_919 * epoch)
         logger = MetricsLogger(self.run_dir, cfg) if is_main else None

@@ -1,0 +1,195 @@
+"""``fiberlab ckpt ...``: inspect, check, migrate, compress, decompress, bench. Parse, call, print.
+
+Exit codes: 0 fine; 1 ``check`` found the checkpoint INCOMPATIBLE or UNKNOWN, or some file of a
+batch failed; 2 bad input (unreadable file, bad flag).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"fiberlab: error: {msg}", file=sys.stderr)
+    return code
+
+
+def inspect_summary(path: Path) -> dict[str, Any]:
+    """What ``ckpt inspect`` prints, from the header alone."""
+    from fiberlab.checkpoint.format import read_header_and_index
+
+    manifest, index = read_header_and_index(path)
+    tensors = []
+    for name, info in sorted(index.items()):
+        start, end = info["data_offsets"]
+        tensors.append({"name": name, "shape": info["shape"], "dtype": info["dtype"], "bytes": end - start})
+    numel = lambda t: int(__import__("math").prod(t["shape"]))  # noqa: E731
+    return {
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
+        "tensor_bytes": sum(t["bytes"] for t in tensors),
+        "policy_parameters": sum(numel(t) for t in tensors if t["name"].startswith("policy/")),
+        "optimizer_bytes": sum(t["bytes"] for t in tensors if t["name"].startswith("optimizer/")),
+        "manifest": manifest,
+        "tensors": tensors,
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import CheckpointError
+
+    try:
+        info = inspect_summary(Path(args.path))
+    except CheckpointError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    m = info["manifest"]
+    prog = m.get("progress", {})
+    print(f"{info['path']}: fiberlab checkpoint format v{m.get('format_version')} (fiberlab {m.get('fiberlab_version')}, torch {m.get('torch_version')})")
+    print(f"  run {m.get('run')}  epoch {prog.get('epoch')}  agent_step {prog.get('agent_step')}  seed {m.get('seed')}")
+    print(f"  architecture {m.get('architecture')}  parameters {info['policy_parameters']:,}")
+    spec = m.get("env_spec") or {}
+    print(f"  env {spec.get('name')}  obs {spec.get('obs_shape')} {spec.get('obs_dtype')}  actions {spec.get('num_actions')} {spec.get('action_names')}")
+    print(f"  file {info['file_bytes']:,} bytes  tensors {info['tensor_bytes']:,} bytes (optimizer {info['optimizer_bytes']:,})  checksum {m.get('checksum', 'none')}")
+    for t in info["tensors"]:
+        print(f"    {t['name']:<48} {t['dtype']:<5} {str(t['shape']):<20} {t['bytes']:>12,}")
+    return 0
+
+
+def env_spec_of_recipe(recipe: str):
+    """The EnvSpec a recipe's environment has (built with one env, then closed)."""
+    from fiberlab.envs import make_vecenv
+    from fiberlab.recipes import get_recipe
+
+    cfg = get_recipe(recipe)
+    env = make_vecenv(cfg.env.model_copy(update={"num_envs": 1}), 0)
+    try:
+        return env.spec
+    finally:
+        env.close()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import CheckpointError
+    from fiberlab.checkpoint.compat import check_compatibility, unknown_report
+    from fiberlab.checkpoint.format import read_header, read_tensors
+    from fiberlab.config import ConfigError
+
+    path = Path(args.path)
+    if not path.is_file():
+        return _fail(f"{path}: no such file")
+    try:
+        spec = env_spec_of_recipe(args.env) if args.env else None
+    except (ConfigError, ValueError) as e:
+        return _fail(str(e))
+    try:
+        manifest = read_header(path)
+        report = check_compatibility(manifest, spec, path=path, tensors=read_tensors(path))
+    except CheckpointError as e:
+        report = unknown_report(str(e), str(path))
+    if args.json:
+        print(json.dumps({"path": str(path), "env": args.env, **report.to_dict()}))
+    else:
+        print(f"{path}: {report.level}" + (f" for {args.env}" if args.env else ""))
+        for kind, items in (("error", report.errors), ("warning", report.warnings), ("recommendation", report.recommendations)):
+            for item in items:
+                print(f"  {kind}: {item}")
+    return 0 if report.level in ("FULL", "PARTIAL") else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import migrate
+
+    return migrate.main(args.rest)
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> int:
+    failed = 0
+    for r in rows:
+        line = f"{r['status']:<8} {r['path']}"
+        if r.get("output") and r["status"] == "ok":
+            ratio = f" ({r['bytes_out'] / r['bytes_in']:.3f} of {r['bytes_in']:,} bytes)" if r.get("bytes_in") else ""
+            line += f" -> {r['output']}{ratio}"
+        if r.get("reason"):
+            line += f": {r['reason']}"
+        failed += r["status"] == "failed"
+        print(line)
+    return 1 if failed else 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import compression
+
+    if not Path(args.path).exists():
+        return _fail(f"{args.path}: no such file or directory")
+    try:
+        rows = compression.compress_path(args.path, method=args.method, level=args.level, shuffle=args.shuffle, remove_originals=args.remove_originals, recursive=args.recursive)
+    except ValueError as e:
+        return _fail(str(e))
+    return _print_rows(rows)
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import compression
+
+    if not Path(args.path).exists():
+        return _fail(f"{args.path}: no such file or directory")
+    return _print_rows(compression.decompress_path(args.path, remove_originals=args.remove_originals))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import CheckpointError, compression
+
+    if not Path(args.path).is_file():
+        return _fail(f"{args.path}: no such file")
+    try:
+        rows = compression.bench(args.path)
+    except CheckpointError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'method':<7} {'level':>5} {'shuffle':>7} {'bytes':>12} {'ratio':>6} {'saved':>6} {'comp MB/s':>10} {'decomp MB/s':>11}")
+    for r in rows:
+        print(f"{r['method']:<7} {str(r['level']):>5} {str(r['shuffle']):>7} {r['size']:>12,} {r['ratio']:>6.3f} {r['saved_percent']:>5.1f}% {r['compress_mb_s']:>10.1f} {r['decompress_mb_s']:>11.1f}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ck = sub.add_parser("ckpt", help="inspect, check, migrate and compress checkpoints")
+    cks = ck.add_subparsers(dest="ckpt_command", required=True)
+    p = cks.add_parser("inspect", help="manifest, tensors, sizes (reads the header only)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    p = cks.add_parser("check", help="compatibility report: FULL, PARTIAL, INCOMPATIBLE or UNKNOWN")
+    p.add_argument("path")
+    p.add_argument("--env", metavar="RECIPE", help="judge against this recipe's environment")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+    p = cks.add_parser("migrate", help="convert legacy or older checkpoints (see --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_migrate)
+    p = cks.add_parser("compress", help="compress a checkpoint or a directory of them")
+    p.add_argument("path")
+    p.add_argument("--method", required=True, choices=["zstd", "lz4", "gzip"])
+    p.add_argument("--level", type=int)
+    p.add_argument("--shuffle", action="store_true", help="group float bytes by significance first (about 2x the gain)")
+    p.add_argument("--remove-originals", action="store_true")
+    p.add_argument("--recursive", action="store_true")
+    p.set_defaults(func=cmd_compress)
+    p = cks.add_parser("decompress", help="decompress a checkpoint or a directory of them")
+    p.add_argument("path")
+    p.add_argument("--remove-originals", action="store_true")
+    p.set_defaults(func=cmd_decompress)
+    p = cks.add_parser("bench", help="size, ratio and speed of every method and level on one checkpoint")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
