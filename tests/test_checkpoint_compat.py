@@ -168,3 +168,19 @@ def test_cli_check_levels_and_exit_codes(cli, tmp_path):
     assert r.returncode == 1 and out["level"] == "UNKNOWN" and any("fiberlab ckpt migrate" in x for x in out["recommendations"])
     r = cli("ckpt", "check", str(ck), "--env", "nonsense")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_of_a_migrated_file_needs_the_env_named(cli, tmp_path):
+    from fiberlab.checkpoint.migrate import migrate
+
+    torch.manual_seed(0)
+    p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=4))
+    src = tmp_path / "model_000050.pt"
+    torch.save(p.state_dict(), src)
+    (res,) = migrate(src).results
+    assert res.status == "migrated", res.reason
+    r = cli("eval", res.output, "episodes=2")
+    assert r.returncode == 2 and "env.name=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("eval", res.output, "episodes=2", "env.name=popgym.RepeatPreviousEasy", "env.num_envs=2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["episodes"] == 2

@@ -96,11 +96,13 @@ def save_checkpoint(
     compress: str | None = None,
     level: int | None = None,
     shuffle: bool = False,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``policy`` (and optionally optimizer and RNG state) atomically to ``path``.
 
     ``compress`` = ``"zstd"``, ``"lz4"`` or ``"gzip"`` compresses the file (``shuffle`` groups the
     bytes of float tensors by significance first, which roughly doubles the gain on weights).
+    ``extra_manifest`` adds keys to the manifest (e.g. ``migrated_from``).
     """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -135,6 +137,7 @@ def save_checkpoint(
                 tensors[f"optimizer/{idx}/{key}"] = t.detach().to("cpu").contiguous().clone()
     if rng is not None:
         manifest["rng"] = rng
+    manifest.update(extra_manifest or {})
     if torch_rng is not None:
         tensors["rng/torch"] = torch_rng.clone()
     return write_checkpoint(path, manifest, tensors, compress=compress, level=level, shuffle=shuffle)
@@ -265,20 +268,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_sp
     With ``env_spec`` (an :class:`~fiberlab.envs.base.EnvSpec` or its dict) compatibility is
     checked first: PARTIAL warns and remaps observation features and actions by name so the
     policy behaves as before; INCOMPATIBLE raises :class:`CheckpointError` with the report
-    unless ``force``.
+    unless ``force``. A file of an older format version loads through the upgrade chain (PARTIAL).
     """
+    path = Path(path)
+    stored = read_manifest(path)
+    return checkpoint_from(path, stored, read_tensors(path, device), device, env_spec, force)
+
+
+def checkpoint_from(path: Path, stored: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False) -> Checkpoint:
+    """Build a :class:`Checkpoint` from a manifest as stored and its tensors (see load_checkpoint)."""
     from fiberlab.checkpoint.compat import apply_remap, check_compatibility
+    from fiberlab.checkpoint.versions import upgrade
     from fiberlab.policies import build_policy
 
-    path = Path(path)
-    manifest, tensors = read_checkpoint(path, device)
-    report = check_compatibility(manifest, env_spec, path=path)
+    report = check_compatibility(stored, env_spec, path=path)
     if report.level == "INCOMPATIBLE" and not force:
         raise CheckpointError(f"{path}: incompatible: {'; '.join(report.errors)}")
     if report.level == "PARTIAL":
-        warnings.warn(f"{path}: partially compatible: {'; '.join(report.warnings)}", stacklevel=2)
+        warnings.warn(f"{path}: partially compatible: {'; '.join(report.warnings)}", stacklevel=3)
+    manifest, tensors = upgrade(stored, tensors)
     try:
-        policy = build_policy(report.policy_config).to(device)
+        policy = build_policy(report.policy_config or manifest["policy_config"]).to(device)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the policy ({str(e).splitlines()[0]})") from None
     weights = {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")}

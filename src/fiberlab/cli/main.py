@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from fiberlab.config import ConfigError, TrainConfig, apply_overrides
 
@@ -61,7 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from fiberlab.checkpoint import CheckpointError, load_checkpoint, read_manifest
+    from fiberlab.checkpoint import CheckpointError, read_manifest
+    from fiberlab.checkpoint.format import checkpoint_from, read_tensors
+    from fiberlab.config import EnvConfig
     from fiberlab.envs import make_vecenv
     from fiberlab.rl.evaluate import evaluate
     from fiberlab.rl.trainer import resolve_device
@@ -80,18 +83,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             rest.append(item)
     try:
-        manifest = read_manifest(args.checkpoint)
-        cfg = apply_overrides(TrainConfig.model_validate(manifest["config"]), rest)
+        stored = read_manifest(args.checkpoint)
+        tensors = read_tensors(args.checkpoint)  # a corrupt file is reported before anything else
+        if stored.get("config"):
+            cfg = TrainConfig.model_validate(stored["config"])
+        else:  # converted files do not know their env: it must be named
+            cfg = TrainConfig(env=EnvConfig(name=stored.get("env_spec", {}).get("name") or "unknown"))
+            if not any(item.startswith("env.name=") for item in rest):
+                return _fail(f"{args.checkpoint}: records no run config (a migrated file?): name the env with env.name=FAMILY.NAME")
+        cfg = apply_overrides(cfg, rest)
         device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.trainer.torch_threads)
         env = make_vecenv(cfg.env, cfg.seed + 12_345)
         try:
-            ck = load_checkpoint(args.checkpoint, env_spec=env.spec, force=flags["force"])
+            ck = checkpoint_from(Path(args.checkpoint), stored, tensors, env_spec=env.spec, force=flags["force"])
         except CheckpointError:
             env.close()
             raise
-    except (CheckpointError, ConfigError, ValueError, KeyError, TypeError) as e:
-        return _fail(str(e) if not isinstance(e, (KeyError, TypeError)) else f"{args.checkpoint}: manifest has no usable run config ({e})")
+    except (CheckpointError, ConfigError, ValueError) as e:
+        return _fail(str(e))
     policy = ck.policy.to(device).eval()
     with env:
         result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=flags["greedy"])
@@ -119,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["ckpt", "migrate"]:  # its own parser, so flags may come before INPUT
+        from fiberlab.checkpoint import migrate
+
+        return migrate.main(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
