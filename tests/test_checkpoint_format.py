@@ -116,3 +116,11 @@ def test_cli_eval_on_corrupt_checkpoint(cli, saved, tmp_path):
     r = cli("eval", str(bad))
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "corrupt" in r.stderr
+
+
+def test_deeply_nested_header_is_a_checkpoint_error(tmp_path):
+    body = b"[" * 200_000 + b"]" * 200_000
+    f = tmp_path / "nested.safetensors"
+    f.write_bytes(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_manifest(f)
