@@ -44,3 +44,15 @@ def test_unknown_group_is_rejected() -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nope"], capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 2 and "unknown group" in proc.stderr
+
+
+def test_checkpoint_io_quick_prints_ratios(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    out_json = tmp_path / "io.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "checkpoint_io.py"), "--quick", "--json", str(out_json)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Manifest read vs full load" in proc.stdout and "Compression, atari" in proc.stdout
+    assert out_json.stat().st_size > 0
