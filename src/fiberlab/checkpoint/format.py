@@ -319,12 +319,17 @@ def checkpoint_from(path: Path, stored: dict[str, Any], tensors: dict[str, torch
         warnings.warn(f"{path}: partially compatible: {'; '.join(report.warnings)}", stacklevel=3)
     manifest, tensors = upgrade(stored, tensors)
     try:
-        policy = build_policy(report.policy_config or manifest["policy_config"]).to(device)
+        # Built on the meta device: no time spent initialising weights the file overwrites
+        # (orthogonal init of a 3.9 M-parameter net costs ~0.1 s), then filled from the file.
+        with torch.device("meta"):
+            policy = build_policy(report.policy_config or manifest["policy_config"])
+        policy = policy.to_empty(device=device)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the policy ({str(e).splitlines()[0]})") from None
     weights = {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")}
     try:
         policy.load_state_dict(weights, strict=True)
+        policy.refresh_buffers()
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise CheckpointError(f"{path}: weights do not fit the architecture ({lines[1] if len(lines) > 1 else lines[0]})") from None

@@ -25,11 +25,18 @@ class RecurrentPolicy(nn.Module):
         self.core = core
         self.actor = actor
         self.critic = critic
-        scale = torch.tensor(config.obs_scale or [1.0], dtype=torch.float32)
-        obs_dims = len(config.obs_shape or [1])
-        if scale.numel() > 1 and obs_dims == 3:  # one divisor per image channel
+        self.register_buffer("obs_scale", self._obs_scale(), persistent=False)
+
+    def _obs_scale(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The divisor of raw observations, from the config (one per image channel or one in all)."""
+        scale = torch.tensor(self.config.obs_scale or [1.0], dtype=torch.float32, device=device)
+        if scale.numel() > 1 and len(self.config.obs_shape or [1]) == 3:
             scale = scale.view(-1, 1, 1)
-        self.register_buffer("obs_scale", scale, persistent=False)
+        return scale
+
+    def refresh_buffers(self) -> None:
+        """Recompute the buffers derived from the config (after ``to_empty``, say)."""
+        self.obs_scale = self._obs_scale(next(self.parameters()).device)
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return self.core.init_state(batch, device)
