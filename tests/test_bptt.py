@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fiberlab.config import EnvConfig, PolicyConfig, TrainerConfig, apply_overrides
+from fiberlab.config import EnvConfig, PolicyConfig, apply_overrides
 from fiberlab.envs import make_vecenv
 from fiberlab.policies import build_policy
 from fiberlab.rl.rollout import RolloutCollector

@@ -16,7 +16,8 @@ def _ckpt(path):
 
 def test_compress_decompress_directory_round_trip(cli, tmp_path):
     d = tmp_path / "ckpts"
-    a, b = _ckpt(d / "a.safetensors"), _ckpt(d / "b.safetensors")
+    a = _ckpt(d / "a.safetensors")
+    _ckpt(d / "b.safetensors")
     original = a.read_bytes()
     weights = load_checkpoint(a).policy.state_dict()
     r = cli("ckpt", "compress", str(d), "--method", "zstd", "--shuffle", "--remove-originals")

@@ -200,7 +200,7 @@ def check_compatibility(manifest: dict[str, Any], env_spec: Any = None, *, path:
         env = env_spec.to_dict() if hasattr(env_spec, "to_dict") else dict(env_spec)
         _check_env(manifest, env, report)
     if report.errors:
-        report.recommend(f"loading with force=True (fiberlab eval ... force=true) ignores this report at your own risk")
+        report.recommend("loading with force=True (fiberlab eval ... force=true) ignores this report at your own risk")
     return report.finish()
 
 
