@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fiberlab.atomic import write_json_atomic
 from fiberlab.checkpoint import versions
 from fiberlab.checkpoint.legacy_layouts import MigrationError, infer_policy_config, map_state_dict
 from fiberlab.checkpoint.format import (
@@ -466,19 +467,6 @@ def _backup(path: Path) -> Path:
     return bak
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    if path.is_file() and path.read_text(errors="replace") == text:
-        return  # unchanged: leave the file (and its mtime) alone
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _build_legacy(path: Path, probe: _Probe) -> tuple[nn.Module, dict[str, Any], torch.optim.Optimizer | None, str, list[str]]:
     """Policy (weights loaded strictly), manifest fields, optimizer, layout and warnings."""
     from fiberlab.policies import build_policy
@@ -710,7 +698,7 @@ def migrate(
         _say(verbose, f"{f}: {r.status}: {r.reason}")
         summary.results.append(r)
     if report is not None:
-        _write_json_atomic(report, summary.to_dict())
+        write_json_atomic(report, summary.to_dict())
         summary.report_path = str(report)
     return summary
 

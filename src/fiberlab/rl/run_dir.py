@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fiberlab.atomic import write_json_atomic
 from fiberlab.config import TrainConfig
 
 CKPT_RE = re.compile(r"^(?P<run>.+)__e(?P<epoch>\d+)__s(?P<step>\d+)\.safetensors$")
@@ -32,12 +33,6 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, int, Path]]:
         if m:
             found.append((int(m["epoch"]), int(m["step"]), p))
     return sorted(found)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def start_over(run_dir: Path) -> None:
