@@ -115,3 +115,24 @@ def test_random_planted_networks_collapse_exactly(seed, linear, core, actor, cri
     ls, vs, _ = _rollout(small, obs, resets)
     torch.testing.assert_close(ls, lb, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(vs, vb, atol=1e-5, rtol=1e-5)
+
+
+def test_ablation_keeps_original_weights_with_exact_widths():
+    from fiberlab.fibration.controls import ablate
+
+    torch.manual_seed(3)
+    p = _random_base(BASES["fast"])
+    full = {layer: n for layer, (n, _) in find_fibers(p, ZERO).widths().items()}
+    same, _ = ablate(p, full, seed=0)  # keeping every unit is the identity
+    obs, resets = _sequence(BASES["fast"])
+    torch.testing.assert_close(_rollout(same, obs, resets)[0], _rollout(p, obs, resets)[0], atol=1e-5, rtol=1e-5)
+    widths = {**full, "conv0": 2, "linear0": 3, "core": 2, "actor0": 2, "critic0": 1}
+    small, kept = ablate(p, widths, seed=1)
+    cfg = small.config
+    assert (cfg.conv_channels, cfg.linear, cfg.core_hidden, cfg.actor_hidden, cfg.critic_hidden) == ([2, 3], [3, 4], 2, [2], [1])
+    k = torch.tensor(kept["linear0"])
+    torch.testing.assert_close(small.encoder[1][0].bias, p.encoder[1][0].bias[k])
+    h = torch.tensor(kept["core"])
+    torch.testing.assert_close(small.core.lstm.bias_hh_l0.view(4, 2), p.core.lstm.bias_hh_l0.view(4, 3)[:, h])
+    other, kept2 = ablate(p, widths, seed=2)
+    assert kept2 != kept  # draws differ

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fiberlab.cli.ckpt import add_parser as add_ckpt_parser
 
     add_ckpt_parser(sub)
+    from fiberlab.cli.fibration import add_parsers as add_fibration_parsers
+
+    add_fibration_parsers(sub)
     return p
 
 

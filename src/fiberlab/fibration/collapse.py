@@ -26,19 +26,20 @@ def _mean_rows(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(p / p.sum(1, keepdims=True))
 
 
-def _sum_cols(colors: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(one_hot(colors))
-
-
 def collapsed_config(policy: nn.Module, fibers: Fibers):
     """The policy's config with every collapsed width set to its fiber count."""
+    return config_with_widths(policy, {name: int(v.max()) + 1 for name, v in fibers.labels.items()})
+
+
+def config_with_widths(policy: nn.Module, widths: dict[str, int]):
+    """The policy's config with the named layers' widths replaced."""
     cfg = policy.config.model_copy(deep=True)
     updates: dict[str, object] = {}
     for layer in layer_graph(policy):
         if layer.width is None:
             continue
         field, index = layer.width
-        k = int(fibers.labels[layer.name].max()) + 1
+        k = widths[layer.name]
         if index is None:
             updates[field] = k
         else:
@@ -49,31 +50,33 @@ def collapsed_config(policy: nn.Module, fibers: Fibers):
 
 
 @torch.no_grad()
-def collapse(policy: nn.Module, fibers: Fibers) -> nn.Module:
-    """A new policy (built through the registry) with one unit per fiber, weights merged."""
+def project(policy: nn.Module, config, rows: dict[str, torch.Tensor], positions: int) -> nn.Module:
+    """Build ``config`` through the registry and fill it from ``policy`` through per-layer maps.
+
+    ``rows[name]`` is a [K, n] matrix taking a layer's n output units to K new units (fiber means
+    for collapse, a 0/1 selection for ablation); inputs are mapped with the source layer's
+    ``cols`` = the same matrix with its rows made 0/1 (fiber sums, or the same selection), expanded
+    over spatial positions where a conv feeds a linear through flatten.
+    """
     from fiberlab.policies import build_policy
 
     graph = layer_graph(policy)
-    if fibers.architecture != policy.config.name or set(fibers.labels) != {layer.name for layer in graph}:
-        raise ValueError(f"fibers of {fibers.architecture!r} with layers {sorted(fibers.labels)} do not fit this {policy.config.name!r} policy")
-    small = build_policy(collapsed_config(policy, fibers))
+    small = build_policy(config)
     new_layers = {layer.name: layer for layer in layer_graph(small)}
     kinds = {layer.name: layer.kind for layer in graph}
     dtype = torch.float64
     for layer in graph:
-        src = fibers.labels[layer.source] if layer.source else None
-        if src is None:
+        if layer.source is None:
             fan_in = layer.module.weight_ih_l0.shape[1] if layer.kind == "lstm" else layer.module.weight.shape[1]
-            colors = np.arange(fan_in)
-        elif kinds[layer.source] == "conv" and layer.kind != "conv":
-            colors = (src[:, None] * fibers.positions + np.arange(fibers.positions)[None, :]).reshape(-1)
+            p_in = torch.eye(fan_in, dtype=dtype)
         else:
-            colors = src
-        p_in = _sum_cols(colors)
+            p_in = (rows[layer.source] != 0).to(dtype)
+            if kinds[layer.source] == "conv" and layer.kind != "conv":
+                p_in = torch.kron(p_in, torch.eye(positions, dtype=dtype))
         target = new_layers[layer.name].module
         if layer.kind == "lstm":
-            m = _mean_rows(fibers.labels[layer.name])
-            p_h = _sum_cols(fibers.labels[layer.name])
+            m = rows[layer.name]
+            p_h = (m != 0).to(dtype)
             H = layer.module.hidden_size
             w_ih = layer.module.weight_ih_l0.to(dtype).reshape(4, H, -1)
             w_hh = layer.module.weight_hh_l0.to(dtype).reshape(4, H, H)
@@ -83,10 +86,19 @@ def collapse(policy: nn.Module, fibers: Fibers) -> nn.Module:
                 getattr(target, b).copy_(torch.einsum("kh,gh->gk", m, getattr(layer.module, b).to(dtype).reshape(4, H)).reshape(-1))
             continue
         w, b = layer.module.weight.to(dtype), layer.module.bias.to(dtype)
-        m = torch.eye(w.shape[0], dtype=dtype) if layer.kind == "out" else _mean_rows(fibers.labels[layer.name])
+        m = torch.eye(w.shape[0], dtype=dtype) if layer.kind == "out" else rows[layer.name]
         if layer.kind == "conv":
             target.weight.copy_(torch.einsum("ko,oiab,li->klab", m, w, p_in))
         else:
             target.weight.copy_(m @ w @ p_in.T)
         target.bias.copy_(m @ b)
     return small.to(next(policy.parameters()).device)
+
+
+def collapse(policy: nn.Module, fibers: Fibers) -> nn.Module:
+    """A new policy (built through the registry) with one unit per fiber, weights merged."""
+    graph = layer_graph(policy)
+    if fibers.architecture != policy.config.name or set(fibers.labels) != {layer.name for layer in graph}:
+        raise ValueError(f"fibers of {fibers.architecture!r} with layers {sorted(fibers.labels)} do not fit this {policy.config.name!r} policy")
+    rows = {layer.name: _mean_rows(fibers.labels[layer.name]) for layer in graph if layer.kind != "out"}
+    return project(policy, collapsed_config(policy, fibers), rows, fibers.positions)

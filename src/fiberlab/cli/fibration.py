@@ -1,0 +1,76 @@
+"""``fiberlab collapse | ablate | scratch``: parse, call fiberlab.fibration.workflow, print JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _fail(msg: str) -> int:
+    print(f"fiberlab: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _thresholds(args: argparse.Namespace):
+    from fiberlab.fibration.workflow import parse_thresholds
+
+    return parse_thresholds(args.threshold, args.linear_thr, args.cnn_thr, args.lstm_thr, args.critic_thr)
+
+
+def _run(fn, args: argparse.Namespace) -> int:
+    from fiberlab.checkpoint import CheckpointError
+    from fiberlab.config import ConfigError
+
+    try:
+        result = fn(args)
+    except (ValueError, ConfigError, CheckpointError) as e:
+        return _fail(str(e).splitlines()[0])
+    for row in result if isinstance(result, list) else [result]:
+        print(json.dumps({k: row.get(k) for k in ("run", "kind", "source_run", "source_epoch", "source_agent_step", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw")}))
+    return 0
+
+
+def cmd_collapse(args: argparse.Namespace) -> int:
+    from fiberlab.fibration.workflow import collapse_run
+
+    return _run(lambda a: collapse_run(a.train_dir, a.run, _thresholds(a), a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from fiberlab.fibration.workflow import ablate_run
+
+    if args.draws < 1:
+        return _fail(f"bad value {args.draws} for --draws: a positive integer is allowed")
+    return _run(lambda a: ablate_run(a.train_dir, a.run, _thresholds(a), a.epoch, a.overrides, draws=a.draws, eval_episodes=a.eval_episodes), args)
+
+
+def cmd_scratch(args: argparse.Namespace) -> int:
+    from fiberlab.fibration.workflow import scratch_run
+
+    return _run(lambda a: scratch_run(a.train_dir, a.like, a.overrides), args)
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="the source run (EXP)")
+    p.add_argument("--epoch", type=int, help="checkpoint epoch (closest one; ties: the earlier; default: latest)")
+    p.add_argument("--threshold", type=float, help="one threshold for every layer type, in [0, 2]")
+    for kind, default in (("linear", 0.7), ("cnn", 0.5), ("lstm", 1.0), ("critic", 0.8)):
+        p.add_argument(f"--{kind}-thr", type=float, help=f"{kind} layers' threshold in [0, 2] (default {default})")
+    p.add_argument("--train-dir", default="./train_dir")
+    p.add_argument("--eval-episodes", type=int, default=32, help="episodes for the zero-shot returns (0: skip)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the new run (trainer.total_timesteps = steps to train)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collapse", help="collapse a run's checkpoint by fibration and retrain it in a new run")
+    _source_args(p)
+    p.set_defaults(func=cmd_collapse)
+    p = sub.add_parser("ablate", help="random ablation to the collapsed widths (original weights kept), retrained")
+    _source_args(p)
+    p.add_argument("--draws", type=int, default=1, help="random subsets (one run each)")
+    p.set_defaults(func=cmd_ablate)
+    p = sub.add_parser("scratch", help="train a fresh policy with a collapsed run's widths")
+    p.add_argument("--like", required=True, help="the collapsed run")
+    p.add_argument("--train-dir", default="./train_dir")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_scratch)

@@ -1,0 +1,76 @@
+"""collapse / ablate / scratch through the command line on a tiny real run."""
+import json
+
+import pytest
+
+from conftest import tiny
+from fiberlab.rl.logging import read_metrics
+
+
+@pytest.fixture
+def source(cli, tmp_path):
+    r = cli("train", *tiny(tmp_path, run="exp", epochs=3))
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_collapse_ablate_scratch(cli, source):
+    td = str(source)
+    small = ["trainer.total_timesteps=128", "progress=none", "env.num_envs=8"]
+    r = cli("collapse", "--run", "exp", "--train-dir", td, "--epoch", "5", "--linear-thr", "0.4", "--eval-episodes", "8", *small)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    name = "exp_epoch_3_base_0.4_0.5_1_0.8"  # epoch 5 does not exist: the closest (3) is used
+    assert out["run"] == name and out["source_epoch"] == 3 and out["source_agent_step"] == 192
+    run = source / name
+    report = json.loads((run / "collapse_report.json").read_text())
+    fibers = json.loads((run / "fibers.json").read_text())
+    assert report["thresholds"] == {"linear": 0.4, "cnn": 0.5, "lstm": 1.0, "critic": 0.8}
+    assert set(report["layers"]) == set(fibers["layers"]) and 0 < report["node_fraction"] <= 1
+    assert isinstance(report["return_original"], float) and isinstance(report["return_collapsed"], float)
+    rows = read_metrics(run)
+    assert rows[0]["agent_step"] == 192 + 64 and rows[-1]["agent_step"] == 192 + 128  # continues the counter
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["policy"]["linear"] == [report["layers"]["linear0"]["after"]]
+
+    r = cli("ablate", "--run", "exp", "--train-dir", td, "--linear-thr", "0.4", "--draws", "2", "--eval-episodes", "0", *small)
+    assert r.returncode == 0, r.stderr
+    runs = [json.loads(line)["run"] for line in r.stdout.strip().splitlines()]
+    assert runs == ["exp_epoch_3_ablationsrandom0.4_0.5_1_0.8", "exp_epoch_3_ablationsrandom0.4_0.5_1_0.8_draw1"]
+    for name in runs:
+        rep = json.loads((source / name / "collapse_report.json").read_text())
+        assert rep["kind"] == "ablation" and rep["layers"] == report["layers"]  # same per-layer widths
+    kept = [json.loads((source / n / "collapse_report.json").read_text())["kept"] for n in runs]
+    assert kept[0] != kept[1]
+
+    r = cli("scratch", "--like", name_c := "exp_epoch_3_base_0.4_0.5_1_0.8", "--train-dir", td, "progress=none", "env.num_envs=8")
+    assert r.returncode == 0, r.stderr
+    scratch = source / f"{name_c}_scratch"
+    rows = read_metrics(scratch)
+    assert rows[0]["agent_step"] == 64 and rows[-1]["agent_step"] == 128  # from zero, same budget
+    assert json.loads((scratch / "config.json").read_text())["policy"] == cfg["policy"]
+    assert json.loads((scratch / "collapse_report.json").read_text())["kind"] == "scratch"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["collapse", "--run", "exp", "--threshold", "2.5"], "thresholds are in [0, 2]"),
+        (["collapse", "--run", "exp", "--lstm-thr", "-1"], "thresholds are in [0, 2]"),
+        (["collapse", "--run", "nope"], "unknown run 'nope'"),
+        (["ablate", "--run", "exp", "--draws", "0"], "--draws"),
+        (["scratch", "--like", "exp"], "not a collapsed run"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(cli, source, args, fragment):
+    before = sorted(p.name for p in source.iterdir())
+    r = cli(*args, "--train-dir", str(source))
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr
+    assert sorted(p.name for p in source.iterdir()) == before
+
+
+def test_run_without_checkpoints(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = cli("collapse", "--run", "empty", "--train-dir", str(tmp_path))
+    assert r.returncode == 2 and "has no checkpoints" in r.stderr
