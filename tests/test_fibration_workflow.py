@@ -74,3 +74,24 @@ def test_run_without_checkpoints(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     r = cli("collapse", "--run", "empty", "--train-dir", str(tmp_path))
     assert r.returncode == 2 and "has no checkpoints" in r.stderr
+
+
+def test_fibers_compare_and_resumable_pipeline(cli, tmp_path):
+    over = ["progress=none", "env.num_envs=8", "trainer.bptt_horizon=8", "trainer.minibatch_size=32", "trainer.total_timesteps=512", "trainer.checkpoint_interval=4", f"train_dir={tmp_path}", "run=p"]
+    r = cli("pipeline", "fibration", "demo", "--threshold", "0.5", "--retrain-fraction", "1", "--eval-episodes", "8", *over)
+    assert r.returncode == 0, r.stderr
+    assert "figure:" in r.stdout
+    names = [p.name for p in tmp_path.iterdir()]
+    for expected in ("p", "p_epoch_8_base_0.5_0.5_0.5_0.5", "p_epoch_8_ablationsrandom0.5_0.5_0.5_0.5", "p_epoch_8_base_0.5_0.5_0.5_0.5_scratch", "p_compare.png", "p_compare.md", "p_compare.csv"):
+        assert expected in names, (expected, names)
+    md = (tmp_path / "p_compare.md").read_text()
+    assert "collapsed" in md and "ablation" in md and "scratch" in md
+    # a second run skips every finished stage
+    r = cli("pipeline", "fibration", "demo", "--threshold", "0.5", "--retrain-fraction", "1", "--eval-episodes", "8", *over)
+    assert r.returncode == 0, r.stderr
+    assert "skipped (already finished): p, p_epoch_8_base" in r.stdout
+    r = cli("fibers", "--run", "p", "--train-dir", str(tmp_path), "--threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p" / "fibers_over_time.csv").read_text().count("\n") == 1 + 2  # header + 2 checkpoints
+    r = cli("compare", "p", "nope", "--out", str(tmp_path / "x.png"), "--train-dir", str(tmp_path))
+    assert r.returncode == 2 and "unknown run dir" in r.stderr

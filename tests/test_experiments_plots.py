@@ -1,0 +1,158 @@
+"""Comparison plot of runs (seed groups, kinds, scratch placement, 90 % step) and fibers over time."""
+import csv
+import json
+
+import pytest
+from conftest import tiny
+
+from fiberlab.experiments.compare import compare_runs, group_name
+from fiberlab.experiments.fibers_over_time import (
+    fibers_over_time,
+    write_fibers_over_time,
+)
+from fiberlab.rl.run_dir import list_checkpoints
+
+
+def make_run(train_dir, name, steps, returns, report=None, seed=0):
+    d = train_dir / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"run": name, "seed": seed}))
+    lines = [json.dumps({"epoch": i + 1, "agent_step": s, "episode_return": r}) for i, (s, r) in enumerate(zip(steps, returns))]
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if report is not None:
+        (d / "collapse_report.json").write_text(json.dumps(report))
+    return d
+
+
+def report(kind, source_run="base_seed1", step=2000, nf=0.4, pf=0.3):
+    return {"kind": kind, "source_run": source_run, "source_checkpoint": "x.safetensors", "source_epoch": 20,
+            "source_agent_step": step, "thresholds": {"linear": 0.7}, "layers": {"linear0": {"before": 10, "after": 4}},
+            "node_fraction": nf, "param_fraction": pf, "return_original": 10.0, "return_collapsed": 0.0, "draw": None}
+
+
+STEPS = [100 * i for i in range(1, 21)]  # 20 epochs: no smoothing (window = 20 // 20 = 1)
+AFTER = [2000 + s for s in STEPS]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    td = tmp_path / "train_dir"
+    return {
+        "o1": make_run(td, "base_seed1", STEPS, [10.0] * 20, seed=1),
+        "o2": make_run(td, "base_seed2", STEPS, [12.0] * 19 + [None], seed=2),  # a null return is skipped
+        # collapsed: return = (step - 2000) / 100: 90 % of the originals' final (mean 11 -> 9.9) first at step 3000
+        "c1": make_run(td, "base_col_seed1", AFTER, [(s - 2000) / 100 for s in AFTER], report("collapsed", "base_seed1")),
+        "a1": make_run(td, "base_abl", AFTER, [5.0] * 20, report("ablation", nf=0.5, pf=0.45)),
+        "s1": make_run(td, "base_scr", STEPS, [s / 100 for s in STEPS], report("scratch", nf=0.4, pf=0.3)),
+    }
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def md_row(md, group):
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {group} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_group_name():
+    assert group_name("exp_seed12") == "exp" and group_name("exp") == "exp" and group_name("exp_seed1_x") == "exp_seed1_x"
+
+
+def test_compare_groups_seeds_places_scratch_and_writes_files(tmp_path, runs):
+    png, csv_path, md_path = compare_runs([runs[k] for k in ("o1", "o2", "c1", "a1", "s1")], tmp_path / "out" / "cmp.png")
+    assert png.stat().st_size > 1000 and csv_path.name == "cmp.csv" and md_path.name == "cmp.md"
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+    rows = read_csv(csv_path)
+    by = {}
+    for r in rows:
+        by.setdefault(r["group"], []).append(r)
+    assert set(by) == {"base", "base_col", "base_abl", "base_scr"}
+    base = by["base"]
+    assert base[0]["kind"] == "original" and base[0]["seeds"] == "2"
+    assert [float(r["step"]) for r in base] == STEPS
+    assert float(base[0]["mean"]) == pytest.approx(11.0) and float(base[0]["std"]) == pytest.approx(1.0)
+    assert base[-1]["n"] == "1" and float(base[-1]["mean"]) == pytest.approx(10.0)  # seed 2 has no return at the last step
+    scr = by["base_scr"]
+    assert scr[0]["kind"] == "scratch" and float(scr[0]["step"]) == 2100 and float(scr[-1]["step"]) == 4000
+    assert float(by["base_col"][0]["step"]) == 2100  # collapsed runs keep their own (continued) steps
+
+    md = md_path.read_text()
+    o = md_row(md, "base")
+    assert o[1:3] == ["original", "2"] and o[3].startswith("11 ± 1") and o[6:] == ["1.000", "1.000"]
+    c = md_row(md, "base_col")
+    # final: mean of the last 10 % (2 epochs: 19, 20); originals' final 11 -> target 9.9 -> first at 3000 = collapse + 1000
+    assert c[1:3] == ["collapsed", "1"] and c[3].startswith("19.5 ±") and c[4] == "2000" and c[5] == "1000"
+    assert c[6:] == ["0.400", "0.300"]
+    a = md_row(md, "base_abl")
+    assert a[5] == "not reached" and a[6:] == ["0.500", "0.450"]
+    s = md_row(md, "base_scr")
+    assert s[1] == "scratch" and s[5] == "1000"  # return 10 at its own step 1000, placed at 2000 + 1000
+
+
+def test_steps_to_90_on_known_curve(tmp_path):
+    td = tmp_path / "td"
+    make_run(td, "orig", STEPS, [10.0] * 20)
+    make_run(td, "col", AFTER, [(s - 2000) / 100 for s in AFTER], report("collapsed", "orig"))
+    _, _, md = compare_runs([td / "orig", td / "col"], tmp_path / "c.png")
+    assert md_row(md.read_text(), "col")[5] == "900"  # 9.0 = 90 % of 10 at step 2900 = collapse + 900
+    # the original is found next to the collapsed run even when it is not compared
+    _, _, md = compare_runs([td / "col"], tmp_path / "d.png")
+    assert md_row(md.read_text(), "col")[5] == "900"
+
+
+def test_identical_names_in_two_train_dirs_form_one_group(tmp_path):
+    a = make_run(tmp_path / "td1", "exp", STEPS, [1.0] * 20)
+    b = make_run(tmp_path / "td2", "exp", STEPS, [3.0] * 20)
+    _, csv_path, md = compare_runs([a, b], tmp_path / "e.png")
+    rows = read_csv(csv_path)
+    assert {r["group"] for r in rows} == {"exp"} and rows[0]["seeds"] == "2"
+    assert float(rows[0]["mean"]) == pytest.approx(2.0) and float(rows[0]["std"]) == pytest.approx(1.0)
+    assert md_row(md.read_text(), "exp")[3].startswith("2 ± 1")
+
+
+def test_compare_errors(tmp_path):
+    good = make_run(tmp_path, "good", STEPS, [1.0] * 20)
+    with pytest.raises(ValueError, match="unknown run dir"):
+        compare_runs([good, tmp_path / "nope"], tmp_path / "x.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no metrics"):
+        compare_runs([tmp_path / "empty"], tmp_path / "x.png")
+    make_run(tmp_path, "nulls", STEPS[:3], [None] * 3)
+    with pytest.raises(ValueError, match="no finished episodes") as e:
+        compare_runs([tmp_path / "nulls"], tmp_path / "x.png")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no runs"):
+        compare_runs([], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_fibers_over_time_one_row_per_checkpoint(tmp_path):
+    from fiberlab.config import apply_overrides
+    from fiberlab.fibration import Thresholds
+    from fiberlab.recipes import get_recipe
+    from fiberlab.rl.trainer import Trainer
+
+    Trainer(apply_overrides(get_recipe("demo"), tiny(tmp_path, epochs=2)[1:])).train()
+    run = tmp_path / "t"
+    ckpts = list_checkpoints(run)
+    rows = fibers_over_time(run, Thresholds(linear=0.3))
+    assert [(r["epoch"], r["agent_step"]) for r in rows] == [(e, s) for e, s, _ in ckpts] and len(rows) == 2
+    assert all(0 < r["node_fraction"] <= 1 and r["nodes"] <= r["units"] for r in rows)
+    csv_path, png_path = write_fibers_over_time(run, {"linear": 0.3})
+    assert (csv_path, png_path) == (run / "fibers_over_time.csv", run / "fibers_over_time.png")
+    got = read_csv(csv_path)
+    assert len(got) == len(ckpts) and list(got[0])[:2] == ["epoch", "agent_step"] and "node_fraction" in got[0]
+    layers = [k for k in got[0] if k not in ("epoch", "agent_step", "nodes", "units", "node_fraction")]
+    assert layers and all(sum(int(r[k]) for k in layers) == int(r["nodes"]) for r in got)
+    assert png_path.stat().st_size > 1000
+    out = tmp_path / "elsewhere"
+    assert write_fibers_over_time(run, None, out_dir=out)[0].parent == out
+
+    with pytest.raises(ValueError, match="not found"):
+        fibers_over_time(tmp_path / "missing", None)
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(ValueError, match="no checkpoints"):
+        write_fibers_over_time(tmp_path / "bare", None)
