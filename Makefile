@@ -1,4 +1,5 @@
-# Two commands a fresh machine needs (see README): `make demo` and `make test`.
+# Two commands a fresh machine needs (see README): `make demo` (the fibration pipeline on the
+# demo recipe) and `make test`.
 # torch==2.13.0 is installed first and pinned with constraints.txt for every later pip call,
 # so nothing can pull a different torch (and gigabytes of CUDA packages) behind our back.
 VENV ?= .venv
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(VENV)/bin/fiberlab train demo run=demo resume=false
+	$(VENV)/bin/fiberlab pipeline fibration demo run=demo
 
 test: setup
 	$(PY) -m pytest -q
