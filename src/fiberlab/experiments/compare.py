@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fiberlab.atomic import save_figure_atomic, write_text_atomic
 from fiberlab.rl.logging import read_metrics
 
 KIND_COLORS = {"original": "tab:green", "collapsed": "tab:red", "ablation": "tab:orange", "scratch": "tab:purple"}
@@ -203,15 +203,6 @@ def summarize(groups: list[Group]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -291,13 +282,7 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, png)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    _write_atomic(csv_path, _csv(groups))
-    _write_atomic(md_path, _markdown(summary))
+    save_figure_atomic(fig, png)
+    write_text_atomic(csv_path, _csv(groups))
+    write_text_atomic(md_path, _markdown(summary))
     return png, csv_path, md_path

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fiberlab.atomic import save_figure_atomic
 from fiberlab.fibration import Thresholds, find_fibers, layer_graph
 from fiberlab.rl.run_dir import list_checkpoints
 
@@ -102,12 +103,5 @@ def write_fibers_over_time(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    png_path = out / "fibers_over_time.png"
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, png_path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    png_path = save_figure_atomic(fig, out / "fibers_over_time.png")
     return csv_path, png_path

@@ -1,9 +1,9 @@
 """Figures drawn from run folders (never from live objects, so any old run can be re-plotted)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from fiberlab.atomic import save_figure_atomic
 from fiberlab.rl.logging import read_metrics
 
 
@@ -31,8 +31,4 @@ def plot_learning_curve(run_dir: str | Path, out: str | Path | None = None) -> P
     ax.set_title(run_dir.name)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure_atomic(fig, out)
