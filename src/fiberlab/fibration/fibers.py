@@ -10,7 +10,6 @@ partition is iterated to a fixed point: c <- (i, f, g, c_prev), h <- (o, c).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fiberlab.fibration.graph import Layer, conv_output_positions, layer_graph
-from fiberlab.fibration.partition import canonical, cluster_rows, one_hot
+from fiberlab.fibration.partition import canonical, cluster_gram, cluster_rows, one_hot, sum_columns
 
 LSTM_MAX_ROUNDS = 50
 
@@ -91,15 +90,27 @@ def _input_colors(layer: Layer, labels: dict[str, np.ndarray], fan_in: int, posi
 
 
 def _lstm_fibers(lstm: torch.nn.LSTM, in_colors: np.ndarray, thr: float) -> tuple[np.ndarray, int]:
+    """Gate rows a = [W_ih P_in^T | W_hh P_h^T | b_ih + b_hh], clustered jointly each round.
+
+    Only the W_hh P_h^T columns change between rounds, so the Gram matrix of the rows is kept as
+    (fixed part) + Q Q^T with Q = W_hh P_h^T [4H, K_h]; a round whose h partition equals the last
+    clustered one reuses its gate labels (same rows, same clustering).
+    """
     H = lstm.hidden_size
-    w_in = _w(lstm.weight_ih_l0) @ one_hot(in_colors, in_colors.max() + 1).T
+    fixed = np.hstack([sum_columns(_w(lstm.weight_ih_l0), in_colors), (_w(lstm.bias_ih_l0) + _w(lstm.bias_hh_l0))[:, None]])
+    gram_fixed = fixed @ fixed.T
     w_hh = _w(lstm.weight_hh_l0)
-    bias = (_w(lstm.bias_ih_l0) + _w(lstm.bias_hh_l0))[:, None]
     h = np.zeros(H, dtype=np.int64)
     c = np.zeros(H, dtype=np.int64)
+    clustered_h: np.ndarray | None = None
+    g = np.zeros((4, H), dtype=np.int64)
     for rounds in range(1, LSTM_MAX_ROUNDS + 1):
-        rows = np.hstack([w_in, w_hh @ one_hot(h).T, bias])
-        g = cluster_rows(rows, thr).reshape(4, H)  # PyTorch gate order i, f, g, o
+        if clustered_h is None or not np.array_equal(h, clustered_h):
+            q = sum_columns(w_hh, h)
+            gram = q @ q.T
+            gram += gram_fixed
+            g = cluster_gram(gram, thr).reshape(4, H)  # PyTorch gate order i, f, g, o
+            clustered_h = h
         c_new = canonical(np.unique(np.stack([g[0], g[1], g[2], c], 1), axis=0, return_inverse=True)[1].ravel())
         h_new = canonical(np.unique(np.stack([g[3], c_new], 1), axis=0, return_inverse=True)[1].ravel())
         if np.array_equal(h_new, h) and np.array_equal(c_new, c):
@@ -125,11 +136,11 @@ def find_fibers(policy: torch.nn.Module, thresholds: Thresholds | dict | None = 
             continue
         w = _w(layer.module.weight)
         colors = _input_colors(layer, labels, w.shape[1], positions, kinds)
-        p = one_hot(colors, colors.max() + 1)
         if layer.kind == "conv":  # [o, i, kh, kw] -> summed per input fiber, positions apart
+            p = one_hot(colors, colors.max() + 1)
             summed = np.einsum("oiab,ki->okab", w, p).reshape(w.shape[0], -1)
         else:
-            summed = w @ p.T
+            summed = sum_columns(w, colors)
         if layer.kind == "out":
             labels[layer.name] = np.arange(w.shape[0])
             continue
