@@ -59,6 +59,8 @@ def md_row(md, group):
 
 def test_group_name():
     assert group_name("exp_seed12") == "exp" and group_name("exp") == "exp" and group_name("exp_seed1_x") == "exp_seed1_x"
+    assert group_name("exp_seed2_epoch_977_continued") == group_name("exp_seed3_epoch_977_continued") == "exp_epoch_977_continued"
+    assert group_name("exp_seed2_epoch_9_base_1_0.5_1.1_0.8_scratch") == "exp_epoch_9_base_1_0.5_1.1_0.8_scratch"
 
 
 def test_compare_groups_seeds_places_scratch_and_writes_files(tmp_path, runs):

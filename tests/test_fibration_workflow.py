@@ -51,6 +51,17 @@ def test_collapse_ablate_scratch(cli, source):
     assert json.loads((scratch / "config.json").read_text())["policy"] == cfg["policy"]
     assert json.loads((scratch / "collapse_report.json").read_text())["kind"] == "scratch"
 
+    r = cli("continue", "--run", "exp", "--train-dir", td, "--eval-episodes", "8", *small)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    cont = source / "exp_epoch_3_continued"
+    assert out["run"] == cont.name and out["kind"] == "continued" and out["node_fraction"] == 1.0
+    assert out["return_original"] == report["return_original"]  # same checkpoint, same evaluation seed
+    rows = read_metrics(cont)
+    assert rows[0]["agent_step"] == 192 + 64 and rows[-1]["agent_step"] == 192 + 128  # continues the counter
+    src_cfg = json.loads((source / "exp" / "config.json").read_text())
+    assert json.loads((cont / "config.json").read_text())["policy"] == src_cfg["policy"]  # the original network
+
 
 @pytest.mark.parametrize(
     "args, fragment",
@@ -82,14 +93,14 @@ def test_fibers_compare_and_resumable_pipeline(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "figure:" in r.stdout
     names = [p.name for p in tmp_path.iterdir()]
-    for expected in ("p", "p_epoch_8_base_0.5_0.5_0.5_0.5", "p_epoch_8_ablationsrandom0.5_0.5_0.5_0.5", "p_epoch_8_base_0.5_0.5_0.5_0.5_scratch", "p_compare.png", "p_compare.md", "p_compare.csv"):
+    for expected in ("p", "p_epoch_8_continued", "p_epoch_8_base_0.5_0.5_0.5_0.5", "p_epoch_8_ablationsrandom0.5_0.5_0.5_0.5", "p_epoch_8_base_0.5_0.5_0.5_0.5_scratch", "p_compare.png", "p_compare.md", "p_compare.csv"):
         assert expected in names, (expected, names)
     md = (tmp_path / "p_compare.md").read_text()
-    assert "collapsed" in md and "ablation" in md and "scratch" in md
+    assert all(f"| {kind} |" in md for kind in ("original", "continued", "collapsed", "ablation", "scratch"))
     # a second run skips every finished stage
     r = cli("pipeline", "fibration", "demo", "--threshold", "0.5", "--retrain-fraction", "1", "--eval-episodes", "8", *over)
     assert r.returncode == 0, r.stderr
-    assert "skipped (already finished): p, p_epoch_8_base" in r.stdout
+    assert "skipped (already finished): p, p_epoch_8_continued, p_epoch_8_base" in r.stdout
     r = cli("fibers", "--run", "p", "--train-dir", str(tmp_path), "--threshold", "0.5")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p" / "fibers_over_time.csv").read_text().count("\n") == 1 + 2  # header + 2 checkpoints

@@ -1,4 +1,4 @@
-"""``fiberlab collapse | ablate | scratch``: parse, call fiberlab.fibration.workflow, print JSON."""
+"""``fiberlab collapse | ablate | continue | scratch | fibers | compare | pipeline``: parse, call fiberlab.fibration.workflow, print JSON."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.draws < 1:
         return _fail(f"bad value {args.draws} for --draws: a positive integer is allowed")
     return _run(lambda a: ablate_run(a.train_dir, a.run, _thresholds(a), a.epoch, a.overrides, draws=a.draws, eval_episodes=a.eval_episodes), args)
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    from fiberlab.fibration.workflow import continue_run
+
+    return _run(lambda a: continue_run(a.train_dir, a.run, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
 
 
 def cmd_scratch(args: argparse.Namespace) -> int:
@@ -104,10 +110,11 @@ def _thr_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{kind}-thr", type=float, help=f"{kind} layers' threshold in [0, 2] (default {default})")
 
 
-def _source_args(p: argparse.ArgumentParser) -> None:
+def _source_args(p: argparse.ArgumentParser, thresholds: bool = True) -> None:
     p.add_argument("--run", required=True, help="the source run (EXP)")
     p.add_argument("--epoch", type=int, help="checkpoint epoch (closest one; ties: the earlier; default: latest)")
-    _thr_args(p)
+    if thresholds:
+        _thr_args(p)
     p.add_argument("--train-dir", default="./train_dir")
     p.add_argument("--eval-episodes", type=int, default=32, help="episodes for the zero-shot returns (0: skip)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the new run (trainer.total_timesteps = steps to train)")
@@ -121,6 +128,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _source_args(p)
     p.add_argument("--draws", type=int, default=1, help="random subsets (one run each)")
     p.set_defaults(func=cmd_ablate)
+    p = sub.add_parser("continue", help="train the original on from a checkpoint in a new run (the control curve)")
+    _source_args(p, thresholds=False)
+    p.set_defaults(func=cmd_continue)
     p = sub.add_parser("scratch", help="train a fresh policy with a collapsed run's widths")
     p.add_argument("--like", required=True, help="the collapsed run")
     p.add_argument("--train-dir", default="./train_dir")
@@ -136,7 +146,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="FILE.png")
     p.add_argument("--train-dir", default="./train_dir")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, collapse, ablation, scratch, compare (resumable)")
+    p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, original continued, collapse, ablation, scratch, compare (resumable)")
     p.add_argument("name", help="fibration")
     p.add_argument("recipe")
     _thr_args(p)

@@ -1,7 +1,7 @@
 """Return against agent steps of several runs on one plot, seeds averaged (the Metta validation plot).
 
-Runs whose names differ only by a trailing ``_seed<N>`` (or share a name across train_dirs) form one
-group: each seed's return curve is smoothed (trailing moving mean over ``len // 20`` epochs, as in
+Runs whose names differ only by a ``_seed<N>`` (trailing, or before ``_epoch_<E>_`` in a run derived
+from a seed's checkpoint), or share a name across train_dirs, form one group: each seed's return curve is smoothed (trailing moving mean over ``len // 20`` epochs, as in
 the learning-curve plot), interpolated onto the group's step grid, and averaged; the band is ±1 std
 over the seeds present at that step. Kind comes from ``collapse_report.json`` ("original" without
 it); scratch runs are placed at their ``source_agent_step``.
@@ -22,15 +22,17 @@ import numpy as np
 from fiberlab.atomic import save_figure_atomic, write_text_atomic
 from fiberlab.rl.logging import read_metrics
 
-KIND_COLORS = {"original": "tab:green", "collapsed": "tab:red", "ablation": "tab:orange", "scratch": "tab:purple"}
+KIND_COLORS = {"original": "tab:green", "continued": "tab:green", "collapsed": "tab:red", "ablation": "tab:orange", "scratch": "tab:purple"}
 PALETTE = ["tab:blue", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 LINESTYLES = ["-", "--", "-.", ":"]
-SEED_RE = re.compile(r"_seed\d+$")
+FIRST_LINESTYLE = {"continued": "--"}  # the original's own continuation: same color, dashed
+SEED_RE = re.compile(r"_seed\d+(?=$|_epoch_\d+_)")  # trailing, or before a derived run's _epoch_<E>_
 MAX_GRID = 400
 
 
 def group_name(run_name: str) -> str:
-    """``exp_seed3`` -> ``exp``; names without the suffix are their own group."""
+    """``exp_seed3`` -> ``exp`` and ``exp_seed3_epoch_9_continued`` -> ``exp_epoch_9_continued`` (the
+    runs the pipeline derives from each seed's baseline group across seeds); other names are their own group."""
     return SEED_RE.sub("", run_name)
 
 
@@ -267,7 +269,8 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
     kind_color: dict[str, str] = dict(KIND_COLORS)
     for g in groups:
         color = kind_color.setdefault(g.kind, next(extra))
-        ls = LINESTYLES[used.get(g.kind, 0) % len(LINESTYLES)]
+        first = LINESTYLES.index(FIRST_LINESTYLE.get(g.kind, "-"))
+        ls = LINESTYLES[(first + used.get(g.kind, 0)) % len(LINESTYLES)]
         used[g.kind] = used.get(g.kind, 0) + 1
         ax.plot(g.grid, g.mean, color=color, ls=ls, lw=1.8, label=f"{g.name} [{g.kind}] (n={len(g.runs)})")
         if len(g.runs) > 1:

@@ -1,5 +1,5 @@
-"""``fiberlab pipeline fibration RECIPE``: baseline -> collapse -> random ablation -> scratch ->
-comparison plot, for one or more seeds, resumable.
+"""``fiberlab pipeline fibration RECIPE``: baseline -> original continued -> collapse -> random
+ablation -> scratch -> comparison plot, for one or more seeds, resumable.
 
 Every stage is an ordinary run folder; a stage whose run already reached its step budget is
 skipped, and an interrupted stage resumes from its newest checkpoint (the trainer's resume), so
@@ -13,8 +13,11 @@ from typing import Any, Callable
 
 from fiberlab.config import TrainConfig, apply_overrides
 from fiberlab.fibration.fibers import Thresholds
-from fiberlab.fibration.workflow import ablate_run, collapse_run, run_names, scratch_run
+from fiberlab.fibration.workflow import ablate_run, collapse_run, continue_run, continued_name, run_names, scratch_run
 from fiberlab.rl.run_dir import list_checkpoints
+
+
+STAGES = ("baseline", "continued", "collapsed", "ablation", "scratch")
 
 
 @dataclass
@@ -47,7 +50,7 @@ def run_pipeline(
     name = base.run or f"{recipe.replace('.', '_')}_fibration"
     train_dir = base.train_dir
     retrain = max(1, int(base.trainer.total_timesteps * retrain_fraction))
-    result = PipelineResult(runs={"baseline": [], "collapsed": [], "ablation": [], "scratch": []})
+    result = PipelineResult(runs={stage: [] for stage in STAGES})
     stage_over = [f"trainer.total_timesteps={retrain}", f"progress={base.progress}"]
     for s in range(seeds):
         seed = base.seed + s
@@ -62,13 +65,16 @@ def run_pipeline(
             Trainer(cfg).train()
         epoch, step, _ = list_checkpoints(run_dir)[-1]
         collapsed, ablation = run_names(run, epoch, thresholds)
-        for stage, target, start in (("collapsed", collapsed, step), ("ablation", ablation, step)):
+        stages = (("continued", continued_name(run, epoch)), ("collapsed", collapsed), ("ablation", ablation))
+        for stage, target in stages:
             result.runs[stage].append(target)
-            if _done(Path(train_dir) / target, start + retrain):
+            if _done(Path(train_dir) / target, step + retrain):
                 result.skipped.append(target)
                 continue
             log(f"[pipeline] {stage} {target}")
-            if stage == "collapsed":
+            if stage == "continued":
+                continue_run(train_dir, run, epoch, stage_over, eval_episodes=eval_episodes)
+            elif stage == "collapsed":
                 collapse_run(train_dir, run, thresholds, epoch, stage_over, eval_episodes=eval_episodes)
             else:
                 ablate_run(train_dir, run, thresholds, epoch, stage_over, eval_episodes=eval_episodes)
@@ -79,7 +85,7 @@ def run_pipeline(
         else:
             log(f"[pipeline] scratch {scratch}")
             scratch_run(train_dir, collapsed, [f"progress={base.progress}"])
-    runs = [Path(train_dir) / r for stage in ("baseline", "collapsed", "ablation", "scratch") for r in result.runs[stage]]
+    runs = [Path(train_dir) / r for stage in STAGES for r in result.runs[stage]]
     png, _, _ = compare_runs(runs, Path(train_dir) / f"{name}_compare.png")
     result.figure = Path(png)
     return result

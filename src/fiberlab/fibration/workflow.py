@@ -4,8 +4,11 @@ from scratch. Each starts a new run folder that trains like any other and holds
 
 Run names follow the Metta guide: ``<EXP>_epoch_<E>_base_<lin>_<cnn>_<lstm>_<crit>`` (collapsed),
 ``<EXP>_epoch_<E>_ablationsrandom<lin>_<cnn>_<lstm>_<crit>`` (ablation, ``_draw<k>`` for k > 0),
-``<RUN>_scratch`` (scratch). Collapsed and ablation runs continue the source's step counter and
-train ``trainer.total_timesteps`` more steps; scratch runs start at 0.
+``<RUN>_scratch`` (scratch), ``<EXP>_epoch_<E>_continued`` (the original itself, trained on from the
+same checkpoint: the control every other curve is measured against). Collapsed, ablation and
+continued runs continue the source's step counter and train ``trainer.total_timesteps`` more steps,
+each with a fresh optimizer (so the only difference between them is the network); scratch runs
+start at 0.
 """
 from __future__ import annotations
 
@@ -54,6 +57,10 @@ def _fmt(t: float) -> str:
 def run_names(exp: str, epoch: int, thr: Thresholds) -> tuple[str, str]:
     tail = "_".join(_fmt(getattr(thr, k)) for k in ("linear", "cnn", "lstm", "critic"))
     return f"{exp}_epoch_{epoch}_base_{tail}", f"{exp}_epoch_{epoch}_ablationsrandom{tail}"
+
+
+def continued_name(exp: str, epoch: int) -> str:
+    return f"{exp}_epoch_{epoch}_continued"
 
 
 def _source_config(src: Source) -> TrainConfig:
@@ -150,6 +157,31 @@ def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = No
             _start(cfg, small, src.agent_step, report, None)
         out.append({"run": cfg.run, **report})
     return out
+
+
+def continue_run(train_dir: str, run: str, epoch: int | None = None, overrides: list[str] = (), eval_episodes: int = 32, train: bool = True) -> dict[str, Any]:
+    """Train the original policy on from checkpoint ``epoch`` in a new run (the "original continued" curve).
+
+    Why a new run rather than resuming ``run``: the collapsed and ablation runs start from the same
+    checkpoint with a fresh optimizer and the same budget, so this control differs from them only
+    in the network, and the source run stays untouched.
+    """
+    src = resolve_source(train_dir, run, epoch)
+    base_cfg = apply_overrides(_source_config(src), [f"train_dir={train_dir}"])
+    policy = load_checkpoint(src.path).policy
+    nodes, params = node_count(policy), param_count(policy)
+    report = {
+        "kind": "continued", "source_run": run, "source_checkpoint": str(src.path), "source_epoch": src.epoch,
+        "source_agent_step": src.agent_step, "thresholds": None, "layers": None,
+        "nodes_before": nodes, "nodes_after": nodes, "node_fraction": 1.0, "param_fraction": 1.0,
+        "params_before": params, "params_after": params,
+        "return_original": zero_shot_return(policy, base_cfg, eval_episodes) if eval_episodes else None,
+        "return_collapsed": None, "draw": None,
+    }
+    cfg = _budget(base_cfg, list(overrides), src.agent_step, continued_name(run, src.epoch))
+    if train:
+        _start(cfg, policy, src.agent_step, report, None)
+    return {"run": cfg.run, **report}
 
 
 def scratch_run(train_dir: str, like: str, overrides: list[str] = (), train: bool = True) -> dict[str, Any]:
