@@ -69,11 +69,19 @@ class PolicyConfig(StrictModel):
 
     ``None`` widths take the architecture's published default (see ``fiberlab.policies``), so
     ``policy.name=atari`` alone gives PufferLib's network and ``policy.core_hidden=64`` shrinks
-    only the LSTM. ``obs_shape``, ``num_actions`` and ``obs_scale`` are filled from the env.
+    only the LSTM. ``policy.core=cortex policy.pattern=AgSA`` swaps the LSTM for a cortex stack
+    (``d_hidden``, ``num_layers``, ``cortex_overrides``). ``obs_shape``, ``num_actions`` and
+    ``obs_scale`` are filled from the env.
     """
 
     name: Literal["fast", "atari", "mlp_lstm"] = "mlp_lstm"
-    core: Literal["lstm"] = "lstm"
+    core: Literal["lstm", "cortex"] = "lstm"  # lstm: one nn.LSTM of core_hidden; cortex: a fiberlab.cortex stack
+    # core=cortex only (errors with core=lstm). None takes cortex.md's default policy: pattern "Ag,A,S"
+    # (AGaLiTe, Axon and sLSTM experts in every layer), num_layers 2, d_hidden 128.
+    pattern: str | list[str] | None = None  # see fiberlab.cortex.pattern; a list gives one entry per layer
+    d_hidden: int | None = Field(None, ge=1)  # the stack's width: the heads read d_hidden features
+    num_layers: int | None = Field(None, ge=1)
+    cortex_overrides: dict[str, dict[str, Any]] | None = None  # by config class, e.g. {"XLConfig": {"mem_len": 16}}
     conv_channels: list[int] | None = None
     linear: list[int] | None = None
     core_hidden: int | None = Field(None, ge=1)

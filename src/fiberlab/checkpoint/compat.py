@@ -104,6 +104,10 @@ def _check_version(manifest: dict[str, Any], report: CompatibilityReport, where:
         report.recommend(f"rewrite it in the current format: fiberlab ckpt migrate {where}")
 
 
+# PolicyConfig fields added with the cortex cores (issue 5); they are read only when core=cortex.
+CORTEX_ONLY_FIELDS = frozenset({"pattern", "d_hidden", "num_layers", "cortex_overrides"})
+
+
 def _check_architecture(manifest: dict[str, Any], report: CompatibilityReport) -> None:
     from fiberlab.config import PolicyConfig
     from fiberlab.policies import ARCHITECTURES
@@ -121,6 +125,8 @@ def _check_architecture(manifest: dict[str, Any], report: CompatibilityReport) -
         report.recommend("upgrade fiberlab")
         return
     added = sorted(known - set(cfg))
+    if cfg.get("core", "lstm") == "lstm":  # the cortex fields build nothing for an LSTM core: no change
+        added = [k for k in added if k not in CORTEX_ONLY_FIELDS]
     if added:
         defaults = {k: PolicyConfig.model_fields[k].default for k in added}
         report.warn("config fields added since it was written take their defaults: " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fiberlab.cli.fibration import add_parsers as add_fibration_parsers
 
     add_fibration_parsers(sub)
+    from fiberlab.cli.cortex import add_parser as add_cortex_parser
+
+    add_cortex_parser(sub)
     return p
 
 

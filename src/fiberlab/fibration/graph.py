@@ -36,7 +36,11 @@ def _linears(seq: nn.Module) -> list[nn.Linear]:
 
 
 def layer_graph(policy: nn.Module) -> list[Layer]:
-    """The graph of a registry policy, in forward order."""
+    """The graph of a registry policy, in forward order (LSTM cores only: a cortex stack's experts,
+    routers and gates are not a chain of unit layers, so their fibers are not defined here)."""
+    core = getattr(policy.config, "core", "lstm")
+    if core != "lstm":
+        raise ValueError(f"fibration supports core=lstm; got core={core}")
     g: list[Layer] = []
     src: str | None = None
     convs = [m for m in policy.encoder.modules() if isinstance(m, nn.Conv2d)]

@@ -11,6 +11,7 @@ from torch import nn
 
 from fiberlab.config import PolicyConfig
 from fiberlab.policies.cores import CORES
+from fiberlab.policies.cortex_core import CortexCore
 from fiberlab.policies.layers import head, layer_init, mlp
 from fiberlab.policies.policy import RecurrentPolicy
 
@@ -26,13 +27,26 @@ DEFAULTS: dict[str, dict] = {
 CONV_GEOMETRY = {"fast": [(5, 3), (3, 1)], "atari": [(8, 4), (4, 2), (3, 1)], "mlp_lstm": []}  # (kernel, stride)
 LSTM_BIAS = {"fast": 1.0, "atari": 0.0, "mlp_lstm": 0.0}  # Metta inits LSTM biases to 1, PufferLib to 0
 CRITIC_ACTIVATION = {"fast": nn.Tanh, "atari": nn.ReLU, "mlp_lstm": nn.ReLU}
+# core=cortex: cortex.md section 4's default policy ("Ag,A,S" x 2 layers, d = 128)
+CORTEX_DEFAULTS = dict(pattern="Ag,A,S", num_layers=2, d_hidden=128)
+CORTEX_FIELDS = ("pattern", "d_hidden", "num_layers", "cortex_overrides")
 
 
 def resolve(cfg: PolicyConfig) -> PolicyConfig:
     """Fill every ``None`` width with the architecture's default; check env fields are present."""
     if cfg.obs_shape is None or cfg.num_actions is None:
         raise ValueError("policy config needs obs_shape and num_actions (filled from the env spec)")
-    filled = {k: v for k, v in DEFAULTS[cfg.name].items() if getattr(cfg, k) is None}
+    defaults = dict(DEFAULTS[cfg.name])
+    if cfg.core == "lstm":
+        used = [f for f in CORTEX_FIELDS if getattr(cfg, f) is not None]
+        if used:
+            raise ValueError(f"policy.{used[0]} is only used with policy.core=cortex (got core=lstm)")
+    else:
+        if cfg.core_hidden is not None:
+            raise ValueError(f"policy.core_hidden sizes the LSTM; with core=cortex set policy.d_hidden (got core_hidden={cfg.core_hidden})")
+        del defaults["core_hidden"]
+        defaults.update(CORTEX_DEFAULTS)
+    filled = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     out = cfg.model_copy(update=filled)
     if len(out.conv_channels) != len(CONV_GEOMETRY[cfg.name]):
         raise ValueError(f"policy.conv_channels for {cfg.name!r} needs {len(CONV_GEOMETRY[cfg.name])} entries, got {out.conv_channels}")
@@ -64,9 +78,12 @@ def _mlp_encoder(cfg: PolicyConfig) -> tuple[nn.Module, int]:
 
 def _build(cfg: PolicyConfig) -> RecurrentPolicy:
     encoder, width = _mlp_encoder(cfg) if cfg.name == "mlp_lstm" else _conv_encoder(cfg)
-    core = CORES[cfg.core](width, cfg.core_hidden, bias_init=LSTM_BIAS[cfg.name])
-    actor = head(cfg.core_hidden, cfg.actor_hidden, cfg.num_actions, std=0.01)
-    critic = head(cfg.core_hidden, cfg.critic_hidden, 1, std=1.0, activation=CRITIC_ACTIVATION[cfg.name])
+    if cfg.core == "cortex":
+        core = CortexCore(width, cfg.pattern, cfg.d_hidden, cfg.num_layers, cfg.cortex_overrides)
+    else:
+        core = CORES[cfg.core](width, cfg.core_hidden, bias_init=LSTM_BIAS[cfg.name])
+    actor = head(core.hidden_size, cfg.actor_hidden, cfg.num_actions, std=0.01)
+    critic = head(core.hidden_size, cfg.critic_hidden, 1, std=1.0, activation=CRITIC_ACTIVATION[cfg.name])
     return RecurrentPolicy(cfg, encoder, core, actor, critic)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fiberlab.config import TrainerConfig
+from fiberlab.cortex.base import map_state
 from fiberlab.rl.rollout import Rollout
 
 
@@ -62,7 +63,7 @@ def ppo_update(
     for _ in range(cfg.update_epochs):
         for mb_i, idx in enumerate(segment_minibatches(n, horizon, cfg.minibatch_size, generator)):
             if cfg.pass_state:
-                state = {k: v[idx] for k, v in rollout.initial_state.items()}
+                state = map_state(rollout.initial_state, lambda v: v[idx])  # the segments' rows (nested dicts too)
             else:
                 state = None
             with torch.autocast(rollout.obs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

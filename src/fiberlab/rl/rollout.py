@@ -10,8 +10,18 @@ from dataclasses import dataclass
 
 import torch
 
+from fiberlab.cortex.base import map_state
 from fiberlab.envs.base import EpisodeStats, VecEnv
 from fiberlab.policies.cores import State
+
+
+def copy_state_(dst: State, src: State) -> None:
+    """Copy a (nested) state into the preallocated buffers of ``dst``, key by key."""
+    for k, v in src.items():
+        if isinstance(v, dict):
+            copy_state_(dst[k], v)
+        else:
+            dst[k].copy_(v)
 
 
 @dataclass
@@ -23,7 +33,7 @@ class Rollout:
     rewards: torch.Tensor  # [N, T]
     dones: torch.Tensor  # [N, T] bool: episode ended after this step
     starts: torch.Tensor  # [N, T] bool: this step is an episode's first
-    initial_state: State  # state fed to step 0, after its reset
+    initial_state: State  # state fed to step 0, after its reset (nested dict for a cortex core)
 
     @classmethod
     def allocate(cls, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, state: State, device: torch.device) -> "Rollout":
@@ -36,7 +46,7 @@ class Rollout:
             rewards=torch.zeros((n, t), **f),
             dones=torch.zeros((n, t), dtype=torch.bool, **f),
             starts=torch.zeros((n, t), dtype=torch.bool, **f),
-            initial_state={k: torch.zeros_like(v) for k, v in state.items()},
+            initial_state=map_state(state, torch.zeros_like),
         )
 
 
@@ -61,8 +71,7 @@ class RolloutCollector:
             if bool(self.start.any()):
                 self.state = self.policy.core.reset_state(self.state, self.start)
             if t == 0:
-                for k, v in self.state.items():
-                    buf.initial_state[k].copy_(v)
+                copy_state_(buf.initial_state, self.state)
             buf.obs[:, t] = self.obs
             buf.starts[:, t] = self.start
             logits, value, self.state = self.policy.step(self.obs, self.state)

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Cortex cells: forward+backward tokens/s of every cell alone and of the AgSA stack, against
+``torch.nn.LSTM`` of the same width measured in the same run.
+
+Rows: the single cells Ag (AGaLiTe), X (Transformer-XL), M (mLSTM), S (sLSTM), A (Axon),
+L (LSTM), C (causal conv), each built directly from its cell class at width H (so M here runs
+at H, not at the 2H inner width its PreUp block gives it in a stack), and ``AgSA``: one layer of
+``build_stack("AgSA", H, 1)`` (a column of three blocks with their norms, projections and router).
+Two modes per row:
+
+- sequence: one ``forward`` call on ``[B, T, H]``;
+- step: a Python loop over T calling ``forward`` on ``[B, H]`` and carrying the state (how a
+  policy acts in an environment).
+
+Each measurement is forward plus ``backward`` of ``mean(y**2)`` over all T steps from a fresh
+state, the median of ``--repeats`` runs after one warm-up. tokens/s = B * T / seconds. Columns:
+``seq/step`` (what the sequence form buys), ``seq vs nn.LSTM`` and ``step vs nn.LSTM`` (the cell's
+tokens/s over ``nn.LSTM(H, H)``'s in the same mode: one ``nn.LSTM`` call on the sequence, and
+length-1 calls carrying ``(h, c)`` in step mode).
+
+Usage::
+
+    .venv/bin/python benchmarks/cortex_cells.py                      # B=32, T=256, H=128, CPU (+ CUDA if present)
+    .venv/bin/python benchmarks/cortex_cells.py --quick --only L,C,AgSA  # smoke test
+    .venv/bin/python benchmarks/cortex_cells.py --batch 8 --steps 64 --hidden 64 --json cells.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import fiberlab  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "src"))
+
+import torch
+from torch import nn
+
+# pattern token -> (module under fiberlab.cortex.cells, config class, cell class)
+CELLS = {
+    "Ag": ("agalite", "AGaLiTeConfig", "AGaLiTeCell"),
+    "X": ("xl", "XLConfig", "XLCell"),
+    "M": ("mlstm", "MLSTMConfig", "MLSTMCell"),
+    "S": ("slstm", "SLSTMConfig", "SLSTMCell"),
+    "A": ("axon", "AxonConfig", "AxonCell"),
+    "L": ("lstm", "LSTMConfig", "LSTMCell"),
+    "C": ("conv", "CausalConvConfig", "CausalConvCell"),
+}
+STACKS = {"AgSA": "AgSA"}  # row name -> pattern, one layer
+ALL = [*CELLS, *STACKS]
+
+
+def build(name: str, hidden: int) -> nn.Module:
+    """A cell alone from its class, or a one-layer stack from the pattern language."""
+    if name in CELLS:
+        module, cfg_name, cell_name = CELLS[name]
+        mod = importlib.import_module(f"fiberlab.cortex.cells.{module}")
+        return getattr(mod, cell_name)(getattr(mod, cfg_name)(d_hidden=hidden))
+    from fiberlab.cortex.pattern import build_stack
+
+    return build_stack(STACKS[name], hidden, 1)
+
+
+class LSTMReference(nn.Module):
+    """``torch.nn.LSTM(H, H)`` behind the cortex calling convention, for the same timing code."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        step = x.dim() == 2
+        y, state = self.lstm(x.unsqueeze(1) if step else x, state)
+        return (y.squeeze(1) if step else y), state
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_sequence(m: nn.Module, x: torch.Tensor) -> None:
+    y, _ = m(x)
+    y.pow(2).mean().backward()
+
+
+def run_steps(m: nn.Module, x: torch.Tensor) -> None:
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        y, state = m(x[:, t], state)
+        ys.append(y)
+    torch.stack(ys, 1).pow(2).mean().backward()
+
+
+def median_seconds(fn: Callable[[nn.Module, torch.Tensor], None], m: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    fn(m, x)  # warm-up: allocator, kernels, lazy init
+    m.zero_grad(set_to_none=True)
+    times = []
+    for _ in range(repeats):
+        _sync(x.device)
+        t0 = time.perf_counter()
+        fn(m, x)
+        _sync(x.device)
+        times.append(time.perf_counter() - t0)
+        m.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def bench(name: str, m: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    tokens = x.shape[0] * x.shape[1]
+    seq = median_seconds(run_sequence, m, x, repeats)
+    step = median_seconds(run_steps, m, x, repeats)
+    return {"name": name, "device": str(x.device), "params": sum(p.numel() for p in m.parameters()),
+            "seq_s": seq, "step_s": step, "seq_tokens_per_s": tokens / seq, "step_tokens_per_s": tokens / step,
+            "seq_over_step": step / seq}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=256, help="sequence length T")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated rows among {','.join(ALL)}")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, and cuda when present)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--quick", action="store_true", help="B=4, T=16, H=32, 1 repeat: a smoke test")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.hidden, args.repeats = 4, 16, 32, 1
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    bad = [n for n in names if n not in ALL]
+    if bad or min(args.batch, args.steps, args.hidden, args.repeats) < 1 or args.device not in ("cpu", "cuda", "auto"):
+        print(f"cortex_cells: error: bad rows {bad} or sizes or device {args.device!r}: rows among {','.join(ALL)}, "
+              "positive sizes, device cpu|cuda|auto are allowed", file=sys.stderr)
+        return 2
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device if args.device != "auto" else "cpu"]
+    torch.set_num_threads(args.threads)
+    print(f"cortex cells: forward+backward, B={args.batch} T={args.steps} H={args.hidden}, median of {args.repeats}; "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "
+          f"cpus {os.cpu_count()}")
+    rows, missing = [], []
+    for dev in devices:
+        device = torch.device(dev)
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, args.steps, args.hidden, device=device)
+        ref = bench("nn.LSTM", LSTMReference(args.hidden).to(device), x, args.repeats)
+        ref["vs_lstm"], ref["step_vs_lstm"] = 1.0, 1.0
+        print(f"\n[{dev}] {'row':<8} {'params':>9} {'seq tok/s':>11} {'step tok/s':>11} {'seq/step':>9} {'seq vs nn.LSTM':>15} {'step vs nn.LSTM':>16}")
+        table = [ref]
+        for name in names:
+            try:
+                m = build(name, args.hidden).to(device)
+            except (ImportError, AttributeError) as e:  # a cell not written yet: say so, keep going
+                missing.append(name)
+                print(f"      {name:<8} not measured: {type(e).__name__}: {e}")
+                continue
+            r = bench(name, m, x, args.repeats)
+            r["vs_lstm"] = r["seq_tokens_per_s"] / ref["seq_tokens_per_s"]
+            r["step_vs_lstm"] = r["step_tokens_per_s"] / ref["step_tokens_per_s"]
+            table.append(r)
+        for r in table:
+            print(f"      {r['name']:<8} {r['params']:>9,} {r['seq_tokens_per_s']:>11,.0f} {r['step_tokens_per_s']:>11,.0f} "
+                  f"{r['seq_over_step']:>8.2f}x {r['vs_lstm']:>14.3f}x {r['step_vs_lstm']:>15.3f}x")
+        rows.extend(table)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": platform.platform(), "torch": torch.__version__, "batch": args.batch,
+                                         "steps": args.steps, "hidden": args.hidden, "repeats": args.repeats,
+                                         "threads": torch.get_num_threads(), "rows": rows, "not_measured": missing}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

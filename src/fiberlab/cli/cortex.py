@@ -1,0 +1,125 @@
+"""``fiberlab cortex eval``: train memory stacks on a synthetic task over seeds, print a table.
+
+Parse, call :func:`fiberlab.experiments.cortex_eval.run_eval`, print. Several ``--pattern``
+values give one comparison table. Exit codes: 0 done; 2 bad input (unknown task or pattern, a
+non-positive size, a bad task parameter), reported as one line on stderr before anything is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+SIZE_FLAGS = {"d_hidden": "--d-hidden", "num_layers": "--num-layers", "seeds": "--seeds", "epochs": "--epochs",
+              "samples": "--samples", "length": "--length", "chunk_size": "--chunk-size", "threads": "--threads"}
+
+
+def _fail(msg: str) -> int:
+    print(f"fiberlab: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _positive(flag: str, text: str | None) -> int | None:
+    """Sizes arrive as text so a bad one is reported in our one-line format, not argparse's usage."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"bad value {text!r} for {flag}: a positive integer is allowed")
+    return value
+
+
+def _task_arg(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"bad --task-arg {item!r}: KEY=VALUE is allowed (e.g. tail=16)")
+    for cast in (int, float):
+        try:
+            return key, cast(text)
+        except ValueError:
+            pass
+    raise ValueError(f"bad value {text!r} for task parameter {key!r}: a number is allowed")
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = ["task", "pattern", "accuracy (95% CI)", "chance", "parameters", "tokens/s", "seeds"]
+    body = []
+    for r in rows:
+        ci = "n/a" if r["acc_ci95"] is None else f"{r['acc_ci95']:.3f}"
+        body.append([r["task"], r["pattern"], f"{r['acc_mean']:.3f} ± {ci}", f"{r['chance']:.3f}",
+                     f"{r['parameters']:,}", f"{r['tokens_per_s']:,.0f}", str(len(r["seeds"]))])
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text, same columns
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+        for line in [header, *body]:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        return
+    table = Table(title=None)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for b in body:
+        table.add_row(*b)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fiberlab.cortex.tasks import TASKS
+    from fiberlab.experiments.cortex_eval import EvalConfig, check_config, run_eval
+
+    if args.task not in TASKS:
+        return _fail(f"unknown task {args.task!r}: allowed are {', '.join(TASKS)}")
+    try:
+        sizes = {name: _positive(flag, getattr(args, name)) for name, flag in SIZE_FLAGS.items()}
+        overrides = dict(_task_arg(item) for item in args.task_arg)
+        if sizes["length"] is not None:
+            overrides[TASKS[args.task].length_param] = sizes["length"]
+        configs = []
+        for pattern in args.pattern:
+            cfg = EvalConfig(task=args.task, pattern=pattern, task_overrides=overrides, chunk_size=sizes["chunk_size"], device=args.device,
+                             **{k: v for k, v in sizes.items() if v is not None and k not in ("length", "chunk_size")})
+            check_config(cfg)  # every pattern is checked before the first one trains
+            configs.append(cfg)
+    except ValueError as e:
+        return _fail(str(e).splitlines()[0])
+    except ImportError as e:  # a cell module missing from this install
+        return _fail(f"pattern needs a cell that cannot be imported: {e}")
+    rows = []
+    for cfg in configs:
+        summary = run_eval(cfg, args.out, log=lambda line: print(line, flush=True))
+        if summary["reused"]:
+            print(f"{summary['dir']}: seeds {summary['reused']} read back from earlier runs", flush=True)
+        rows.append(summary)
+    _print_table(rows)
+    for r in rows:
+        print(f"results: {r['dir']}/seed_<s>.json, summary.json")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cortex", help="cortex memory backbones: fiberlab cortex eval --task TASK --pattern P [P ...]")
+    csub = p.add_subparsers(dest="cortex_command", required=True)
+    e = csub.add_parser("eval", help="train stacks on a synthetic memory task over seeds; print accuracy ± 95% CI")
+    e.add_argument("--task", required=True, help="delayed_recall, majority, majority_headpad, dyck, two_needle_xor, assoc_recall")
+    e.add_argument("--pattern", required=True, nargs="+", help="one or more patterns, e.g. --pattern L A AgSA")
+    e.add_argument("--d-hidden", dest="d_hidden", default="128", help="stack width (default 128)")
+    e.add_argument("--num-layers", dest="num_layers", default="3", help="stack depth (default 3)")
+    e.add_argument("--seeds", default="5", help="seeds 0..N-1, one JSON each (default 5)")
+    e.add_argument("--epochs", default="5", help="passes over the training split (default 5)")
+    e.add_argument("--samples", default="2000", help="samples generated, split 80/10/10 (default 2000)")
+    e.add_argument("--length", default=None, help="the task's length (delay, length or pairs)")
+    e.add_argument("--chunk-size", dest="chunk_size", default=None, help="stream in chunks; backprop through the last one only")
+    e.add_argument("--task-arg", dest="task_arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other task parameter, e.g. --task-arg tail=16 (repeatable)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    e.add_argument("--threads", default="1", help="torch threads")
+    e.add_argument("--out", default="train_dir/cortex_eval", help="result root folder")
+    e.set_defaults(func=cmd_eval)

@@ -1,0 +1,136 @@
+"""Ag – AGaLiTe: approximate gated linear transformer (Pramanik et al.), a recurrent linear attention.
+
+Per head, with feature maps ``phi_k = vec(relu(k) ⊗ relu(p1))``, ``phi_q = vec(relu(q) ⊗ relu(p2))``
+(size F = eta d), gates ``gamma = vec(σ(g) ⊗ σ(p3))``, ``beta = σ(b)``, and ``r`` oscillators
+``c_tj = cos(τ_t ω_j)``, ``ω = linspace(-π, π, r)``, where τ_t counts the steps since the episode start:
+
+    K_j,t = δ_t (1 - gamma_t) ⊙ K_j,t-1 + c_tj (phi_k,t ⊙ gamma_t)      [r, NH, F]
+    V_j,t = δ_t (1 - beta_t)  ⊙ V_j,t-1 + c_tj (v_t ⊙ beta_t)            [r, NH, d]
+    s_t   = δ_t (1 - gamma_t) ⊙ s_t-1   + phi_k,t ⊙ gamma_t               [NH, F]
+    o_t   = sum_j V_j,t (K_j,t · phi_q,t) / (2r (s_t · phi_q,t) + eps);   y_t = W_o o_t
+
+with ``δ_t = 0`` at a reset. Why it runs in parallel: all three recurrences are diagonal and linear
+with per-step decays. V (small: d per head) is one ``kernels.scan.linear_scan``. K and s share their
+decay and are only ever read as ``K_j,t · phi_q,t``, so a sequence uses the chunkwise read-out
+``kernels.decayed_readout`` (matmuls inside chunks, traces materialised only at chunk ends) instead of
+writing ``T x r x NH x F`` trace values; one step runs the recurrence as written. Unlike the
+reference, the returned state is not detached: the trainer decides where gradients stop. State: ``tilde_k`` ``[B, r, NH, F]``, ``tilde_v``
+``[B, r, NH, d]``, ``s`` ``[B, NH, F]``, ``tick`` ``[B]`` (float; steps since the episode start).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fiberlab.cortex.base import MemoryModule, State
+from fiberlab.cortex.config import CellConfig
+from fiberlab.cortex.kernels.decayed_readout import decayed_readout
+from fiberlab.cortex.kernels.scan import linear_scan
+from fiberlab.cortex.kernels.shapes import check_state, sequence_input
+
+
+class AGaLiTeConfig(CellConfig):
+    """AGaLiTe cell: ``n_heads`` heads of width ``d_hidden / n_heads``, feature expansion ``eta``, ``r`` oscillators."""
+
+    n_heads: int = Field(8, ge=1)
+    eta: int = Field(6, ge=1)
+    r: int = Field(2, ge=1)
+    eps: float = Field(1e-5, gt=0.0)
+
+
+def _outer_features(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """vec(a ⊗ b) over the last dim: ``[.., d]``, ``[.., eta]`` -> ``[.., d eta]``."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)
+
+
+class AGaLiTeCell(MemoryModule):
+    """AGaLiTe ``[.., H] -> [.., H]``; see the module docstring for the recurrences."""
+
+    def __init__(self, cfg: AGaLiTeConfig) -> None:
+        super().__init__()
+        if cfg.d_hidden % cfg.n_heads:
+            raise ValueError(f"AGaLiTeCell: d_hidden={cfg.d_hidden} must be divisible by n_heads={cfg.n_heads}")
+        self.cfg = cfg
+        self.d_hidden = H = cfg.d_hidden
+        self.n_heads, self.head_dim, self.eta, self.r = cfg.n_heads, H // cfg.n_heads, cfg.eta, cfg.r
+        NH, d = self.n_heads, self.head_dim
+        self.kqvbg = nn.Linear(H, 5 * NH * d, bias=False)
+        self.p123 = nn.Linear(H, 3 * NH * cfg.eta, bias=False)
+        self.out = nn.Linear(NH * d, H)
+        for lin in (self.kqvbg, self.p123, self.out):
+            nn.init.orthogonal_(lin.weight, math.sqrt(2))
+        nn.init.zeros_(self.out.bias)
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> State:
+        NH, d, F, r = self.n_heads, self.head_dim, self.head_dim * self.eta, self.r
+        zeros = lambda *shape: torch.zeros(batch, *shape, device=device, dtype=dtype)  # noqa: E731
+        return {"tilde_k": zeros(r, NH, F), "tilde_v": zeros(r, NH, d), "s": zeros(NH, F), "tick": zeros()}
+
+    def _steps_since_start(self, tick: torch.Tensor, resets: torch.Tensor | None, T: int) -> torch.Tensor:
+        """τ ``[B, T]``: tick + t until the first reset of the row, then steps since its last reset."""
+        t = torch.arange(T, device=tick.device)
+        tau = tick.unsqueeze(1) + t.to(tick.dtype)
+        if resets is None:
+            return tau
+        last_reset = torch.where(resets, t, -1).cummax(dim=1).values  # index of the latest reset <= t
+        return torch.where(last_reset >= 0, (t - last_reset).to(tick.dtype), tau)
+
+    def forward(self, x: torch.Tensor, state: State | None = None, *, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        x, resets, single = sequence_input(x, resets, self.d_hidden, "AGaLiTeCell")
+        B, T, _ = x.shape
+        NH, d, eta, r = self.n_heads, self.head_dim, self.eta, self.r
+        F = d * eta
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        check_state(state, {"tilde_k": (B, r, NH, F), "tilde_v": (B, r, NH, d), "s": (B, NH, F), "tick": (B,)}, "AGaLiTeCell")
+
+        # heads before time ([B, NH, T, ..], contiguous) so the F-sized feature maps are built in the
+        # layout the kernel reads, without copies
+        k, q, v, beta, gamma = self.kqvbg(x).view(B, T, 5, NH, d).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        p1, p2, p3 = self.p123(x).view(B, T, 3, NH, eta).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        gate_k, gate_p = torch.sigmoid(gamma), torch.sigmoid(p3)
+        phi_q = _outer_features(torch.relu(q), torch.relu(p2))  # [B, NH, T, F]
+        gamma = _outer_features(gate_k, gate_p)
+        # phi_k ⊙ gamma = vec((relu(k) σ(g)) ⊗ (relu(p1) σ(p3))): the product taken before the outer one
+        written = _outer_features(torch.relu(k) * gate_k, torch.relu(p1) * gate_p)
+        beta = torch.sigmoid(beta)  # [B, NH, T, d]
+
+        tau = self._steps_since_start(state["tick"].detach(), resets, T)  # a counter: no gradient through it
+        # omega_j = linspace(-pi, pi, r), made here rather than kept as a buffer: a non-persistent
+        # buffer is not in the checkpoint, so a policy rebuilt on the meta device would read garbage.
+        omega = torch.linspace(-math.pi, math.pi, self.r, device=x.device, dtype=x.dtype)
+        osc = torch.cos(tau.unsqueeze(-1) * omega)  # c_tj   [B, T, r]
+        coef = torch.cat([osc, torch.ones_like(osc[..., :1])], dim=-1)  # (c_t1 .. c_tr, 1)   [B, T, r+1]
+
+        # K_j (j < r) and s (slot r) share the decay δ(1 - gamma): r+1 traces of phi_k ⊙ gamma written
+        # with the coefficients (c_t1 .. c_tr, 1)
+        ks0 = torch.cat([state["tilde_k"], state["s"].unsqueeze(1)], dim=1).transpose(1, 2)  # [B, NH, r+1, F]
+        if single:  # one step: the recurrence itself (the time axis, of size 1, broadcasts over the r+1 slots)
+            delta = 1.0 if resets is None else (~resets[:, 0]).to(x.dtype).view(B, 1, 1, 1)
+            ks_last = delta * (1 - gamma) * ks0 + coef.view(B, 1, r + 1, 1) * written  # K_t = δ(1-γ)K_t-1 + c (phi_k ⊙ γ)
+            k_dot_q = (ks_last * phi_q).sum(-1).unsqueeze(2)  # K_j,t · phi_q,t   [B, NH, 1, r+1]
+        else:  # a sequence: chunkwise-parallel read-out, the traces only at chunk ends
+            fold = lambda t: t.reshape(B * NH, *t.shape[2:])  # noqa: E731  [B, NH, ..] -> [B NH, ..]
+            node_coef = coef.unsqueeze(1).expand(B, NH, T, r + 1)
+            node_resets = None if resets is None else resets.unsqueeze(1).expand(B, NH, T)
+            k_dot_q, ks_last = decayed_readout(
+                # log(1 - gamma), with gamma kept below 1 so that the gradient of log1p stays finite
+                fold(phi_q), fold(written), fold(torch.log1p(-gamma.clamp(max=1 - torch.finfo(x.dtype).eps))), fold(node_coef),
+                None if node_resets is None else fold(node_resets), fold(ks0),
+            )
+            k_dot_q, ks_last = k_dot_q.view(B, NH, T, r + 1), ks_last.view(B, NH, r + 1, -1)
+        keep = 1.0 if resets is None else (~resets).to(x.dtype).view(B, 1, T, 1, 1)
+        v_write = osc.view(B, 1, T, r, 1) * (v * beta).unsqueeze(3)  # c_tj (v ⊙ beta)   [B, NH, T, r, d]
+        tilde_v, v_last = linear_scan((keep * (1 - beta).unsqueeze(3)).flatten(0, 1), v_write.flatten(0, 1), state["tilde_v"].transpose(1, 2).flatten(0, 1))
+        tilde_v, v_last = tilde_v.view(B, NH, T, r, d), v_last.view(B, NH, r, d)
+
+        numerator = torch.einsum("bhtjd,bhtj->bthd", tilde_v, k_dot_q[..., :r])  # sum_j V_j,t (K_j,t · phi_q,t)
+        denominator = 2 * r * k_dot_q[..., r].transpose(1, 2) + self.cfg.eps  # 2r (s_t · phi_q,t) + eps   [B, T, NH]
+        o = numerator / denominator.unsqueeze(-1)
+        y = self.out(o.reshape(B, T, NH * d))
+        ks_last = ks_last.transpose(1, 2)  # [B, r+1, NH, F]
+        new_state = {"tilde_k": ks_last[:, :r], "tilde_v": v_last.transpose(1, 2), "s": ks_last[:, r], "tick": tau[:, -1] + 1}
+        return (y[:, 0] if single else y), new_state
