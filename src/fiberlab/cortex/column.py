@@ -27,7 +27,7 @@ from torch.nn import functional as F
 # the block modules register their configs (needed to rebuild a column from JSON)
 from fiberlab.cortex.blocks import adapter, passthrough, postup, postup_gated, preup  # noqa: F401
 from fiberlab.cortex.base import MemoryModule, State, as_sequence
-from fiberlab.cortex.config import CortexConfig
+from fiberlab.cortex.config import CortexConfig, same_width
 from fiberlab.cortex.registry import TaggedBlock, build_block
 
 
@@ -52,12 +52,7 @@ class ColumnConfig(CortexConfig):
     @field_validator("experts")
     @classmethod
     def _same_width(cls, experts: list) -> list:
-        if not experts:
-            raise ValueError("a column needs at least one expert")
-        widths = sorted({e.d_hidden for e in experts})
-        if len(widths) > 1:
-            raise ValueError(f"the experts of a column must share d_hidden, got {widths}")
-        return experts
+        return same_width(experts, "expert", "column")
 
     @property
     def d_hidden(self) -> int:

@@ -8,7 +8,7 @@ from torch import nn
 from fiberlab.cortex.base import MemoryModule, State
 from fiberlab.cortex.blocks.base import layer_norm
 from fiberlab.cortex.column import Column, ColumnConfig
-from fiberlab.cortex.config import CortexConfig
+from fiberlab.cortex.config import CortexConfig, same_width
 
 
 class StackConfig(CortexConfig):
@@ -20,12 +20,7 @@ class StackConfig(CortexConfig):
     @field_validator("layers")
     @classmethod
     def _same_width(cls, layers: list[ColumnConfig]) -> list[ColumnConfig]:
-        if not layers:
-            raise ValueError("a stack needs at least one layer")
-        widths = sorted({c.d_hidden for c in layers})
-        if len(widths) > 1:
-            raise ValueError(f"the layers of a stack must share d_hidden, got {widths}")
-        return layers
+        return same_width(layers, "layer", "stack")
 
     @property
     def d_hidden(self) -> int:

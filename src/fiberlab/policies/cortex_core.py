@@ -35,5 +35,6 @@ class CortexCore(MemoryModule):
     def forward(self, x: torch.Tensor, state: State | None = None, *, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         # The stack runs in float32 even under the trainer's bf16 autocast: exponential gates, scans
         # and complex traces need the range (Axon's complex math has no bf16 kernels at all).
+        h = self.proj(x)  # under autocast when the trainer uses it
         with torch.autocast(x.device.type, enabled=False):
-            return self.stack(self.proj(x).float(), state, resets=resets)
+            return self.stack(h.float(), state, resets=resets)
