@@ -81,6 +81,13 @@ def test_bad_input_one_line_exit_2_nothing_written(cli, source, args, fragment):
     assert sorted(p.name for p in source.iterdir()) == before
 
 
+@pytest.mark.parametrize("flag, value", [("--jobs", "0"), ("--seeds", "0"), ("--retrain-fraction", "0")])
+def test_pipeline_bad_counts_one_line_exit_2_nothing_written(cli, tmp_path, flag, value):
+    r = cli("pipeline", "fibration", "demo", flag, value, f"train_dir={tmp_path}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_without_checkpoints(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     r = cli("collapse", "--run", "empty", "--train-dir", str(tmp_path))

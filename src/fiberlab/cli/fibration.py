@@ -65,11 +65,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         return _fail(f"unknown pipeline {args.name!r}: allowed is fibration")
     if args.seeds < 1:
         return _fail(f"bad value {args.seeds} for --seeds: a positive integer is allowed")
+    if args.jobs < 1:
+        return _fail(f"bad value {args.jobs} for --jobs: a positive integer is allowed")
     if not 0.0 < args.retrain_fraction <= 10.0:
         return _fail(f"bad value {args.retrain_fraction} for --retrain-fraction: (0, 10] is allowed")
     try:
         thr = _thresholds(args)
-        res = run_pipeline(args.recipe, args.overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes)
+        res = run_pipeline(args.recipe, args.overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
     except (ValueError, ConfigError, CheckpointError) as e:
         return _fail(str(e).splitlines()[0])
     for stage, runs in res.runs.items():
@@ -153,5 +155,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--retrain-fraction", type=float, default=0.5, help="steps of each retraining as a fraction of the baseline's")
     p.add_argument("--eval-episodes", type=int, default=32)
+    p.add_argument("--jobs", type=int, default=2, help="independent runs trained at once, each in its own process (default 2: one per core of a laptop)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the baseline (run=NAME names the experiment)")
     p.set_defaults(func=cmd_pipeline)

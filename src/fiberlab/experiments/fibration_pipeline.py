@@ -32,6 +32,39 @@ def _done(run_dir: Path, steps: int) -> bool:
     return bool(ckpts) and ckpts[-1][1] >= steps
 
 
+def _train_baseline(cfg: TrainConfig) -> None:
+    from fiberlab.rl.trainer import Trainer
+
+    Trainer(cfg).train()
+
+
+def _run_stages(jobs: list[tuple[str, Callable[..., Any], tuple]]) -> None:
+    """One pipeline job: stages that must run in order (a collapse, then its scratch twin)."""
+    for _, fn, args in jobs:
+        fn(*args)
+
+
+def _execute(jobs: list[list[tuple[str, Callable[..., Any], tuple]]], workers: int, log: Callable[[str], Any]) -> None:
+    """Run independent jobs, ``workers`` at a time in fresh processes (inline when 1).
+
+    Why processes: a training run keeps one core busy (env steps and a single-thread torch), so
+    on 2 cores two independent runs finish in the time of one. ``spawn`` rather than fork: the
+    parent has already used torch, whose thread pools do not survive a fork.
+    """
+    for job in jobs:
+        log("[pipeline] " + " -> ".join(label for label, _, _ in job))
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _run_stages(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(_run_stages, job) for job in jobs]:
+            future.result()  # re-raises a stage's error here
+
+
 def run_pipeline(
     recipe: str,
     overrides: list[str],
@@ -40,52 +73,60 @@ def run_pipeline(
     retrain_fraction: float = 0.5,
     eval_episodes: int = 32,
     log: Callable[[str], Any] = print,
+    workers: int = 1,
 ) -> PipelineResult:
-    """Run (or finish) the whole fibration experiment; return the run names and the figure."""
+    """Run (or finish) the whole fibration experiment; return the run names and the figure.
+
+    Two phases: the baselines (one per seed), then every seed's continued, collapsed (followed by
+    its scratch twin, which needs the collapsed run's widths) and ablation runs. Within a phase the
+    jobs are independent and run ``workers`` at a time.
+    """
     from fiberlab.experiments.compare import compare_runs
     from fiberlab.recipes import get_recipe
-    from fiberlab.rl.trainer import Trainer
 
     base = apply_overrides(get_recipe(recipe), overrides)
     name = base.run or f"{recipe.replace('.', '_')}_fibration"
     train_dir = base.train_dir
     retrain = max(1, int(base.trainer.total_timesteps * retrain_fraction))
     result = PipelineResult(runs={stage: [] for stage in STAGES})
-    stage_over = [f"trainer.total_timesteps={retrain}", f"progress={base.progress}"]
-    for s in range(seeds):
-        seed = base.seed + s
-        run = f"{name}_seed{seed}" if seeds > 1 else name
-        cfg: TrainConfig = apply_overrides(base, [f"run={run}", f"seed={seed}", "resume=true"])
-        run_dir = Path(train_dir) / run
+    progress = base.progress if workers <= 1 else "plain"  # parallel runs: no live bars over each other
+    stage_over = [f"trainer.total_timesteps={retrain}", f"progress={progress}"]
+    runs = [f"{name}_seed{base.seed + s}" if seeds > 1 else name for s in range(seeds)]
+
+    baselines = []
+    for s, run in enumerate(runs):
+        cfg: TrainConfig = apply_overrides(base, [f"run={run}", f"seed={base.seed + s}", "resume=true", f"progress={progress}"])
         result.runs["baseline"].append(run)
-        if _done(run_dir, cfg.trainer.total_timesteps):
+        if _done(Path(train_dir) / run, cfg.trainer.total_timesteps):
             result.skipped.append(run)
         else:
-            log(f"[pipeline] baseline {run}")
-            Trainer(cfg).train()
-        epoch, step, _ = list_checkpoints(run_dir)[-1]
+            baselines.append([(f"baseline {run}", _train_baseline, (cfg,))])
+    _execute(baselines, workers, log)
+
+    jobs = []
+    for run in runs:
+        epoch, step, _ = list_checkpoints(Path(train_dir) / run)[-1]
         collapsed, ablation = run_names(run, epoch, thresholds)
-        stages = (("continued", continued_name(run, epoch)), ("collapsed", collapsed), ("ablation", ablation))
-        for stage, target in stages:
-            result.runs[stage].append(target)
-            if _done(Path(train_dir) / target, step + retrain):
-                result.skipped.append(target)
-                continue
-            log(f"[pipeline] {stage} {target}")
-            if stage == "continued":
-                continue_run(train_dir, run, epoch, stage_over, eval_episodes=eval_episodes)
-            elif stage == "collapsed":
-                collapse_run(train_dir, run, thresholds, epoch, stage_over, eval_episodes=eval_episodes)
-            else:
-                ablate_run(train_dir, run, thresholds, epoch, stage_over, eval_episodes=eval_episodes)
         scratch = f"{collapsed}_scratch"
-        result.runs["scratch"].append(scratch)
-        if _done(Path(train_dir) / scratch, retrain):
-            result.skipped.append(scratch)
-        else:
-            log(f"[pipeline] scratch {scratch}")
-            scratch_run(train_dir, collapsed, [f"progress={base.progress}"])
-    runs = [Path(train_dir) / r for stage in STAGES for r in result.runs[stage]]
-    png, _, _ = compare_runs(runs, Path(train_dir) / f"{name}_compare.png")
+        todo = {
+            "continued": (continued_name(run, epoch), step + retrain, continue_run, (train_dir, run, epoch, stage_over, eval_episodes)),
+            "collapsed": (collapsed, step + retrain, collapse_run, (train_dir, run, thresholds, epoch, stage_over, eval_episodes)),
+            "scratch": (scratch, retrain, scratch_run, (train_dir, collapsed, [f"progress={progress}"])),
+            "ablation": (ablation, step + retrain, ablate_run, (train_dir, run, thresholds, epoch, stage_over, 1, eval_episodes)),
+        }
+        pending = {}
+        for stage, (target, steps, fn, args) in todo.items():
+            result.runs[stage].append(target)
+            if _done(Path(train_dir) / target, steps):
+                result.skipped.append(target)
+            else:
+                pending[stage] = (f"{stage} {target}", fn, args)
+        chain = [pending[s] for s in ("collapsed", "scratch") if s in pending]  # scratch reads the collapsed run
+        jobs += [job for job in ([pending["continued"]] if "continued" in pending else [], chain,
+                                 [pending["ablation"]] if "ablation" in pending else []) if job]
+    _execute(jobs, workers, log)
+
+    all_runs = [Path(train_dir) / r for stage in STAGES for r in result.runs[stage]]
+    png, _, _ = compare_runs(all_runs, Path(train_dir) / f"{name}_compare.png")
     result.figure = Path(png)
     return result
