@@ -181,6 +181,10 @@ class Trainer:
                         last_ckpt = checkpoint()
             if is_main and saved_epoch != epoch and epoch > 0:
                 last_ckpt = checkpoint()
+            # all ranks leave together: a rank that destroys the process group while rank 0 is
+            # still writing its last checkpoint was seen to abort ("terminate called without an
+            # active exception") in tests/test_ddp.py
+            dist_utils.barrier(self.dist)
         finally:
             if progress is not None:
                 progress.close()
