@@ -42,6 +42,7 @@ from torch import nn
 from fiberlab.atomic import write_json_atomic
 from fiberlab.cortex.base import MemoryModule, detach_state
 from fiberlab.cortex.tasks import TASKS, make_task, task_params
+from fiberlab.rl.trainer import resolve_device
 
 StackBuilder = Callable[..., MemoryModule]  # (pattern, d_hidden, num_layers) -> stack
 
@@ -140,10 +141,6 @@ def accuracy(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, chunk_
         correct += int((model(x[i:i + batch], chunk_size).argmax(-1) == y[i:i + batch]).sum())
     model.train()
     return correct / len(x)
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def train_seed(cfg: EvalConfig, seed: int, stack_builder: StackBuilder | None = None) -> dict[str, Any]:
