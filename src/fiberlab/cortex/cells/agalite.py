@@ -9,11 +9,13 @@ Per head, with feature maps ``phi_k = vec(relu(k) ⊗ relu(p1))``, ``phi_q = vec
     s_t   = δ_t (1 - gamma_t) ⊙ s_t-1   + phi_k,t ⊙ gamma_t               [NH, F]
     o_t   = sum_j V_j,t (K_j,t · phi_q,t) / (2r (s_t · phi_q,t) + eps);   y_t = W_o o_t
 
-with ``δ_t = 0`` at a reset. Why it runs in parallel: all three recurrences are diagonal and linear
-with per-step decays. V (small: d per head) is one ``kernels.scan.linear_scan``. K and s share their
-decay and are only ever read as ``K_j,t · phi_q,t``, so a sequence uses the chunkwise read-out
-``kernels.decayed_readout`` (matmuls inside chunks, traces materialised only at chunk ends) instead of
-writing ``T x r x NH x F`` trace values; one step runs the recurrence as written. Unlike the
+with ``δ_t = 0`` at a reset. How a sequence runs: on the CPU, the whole recurrence is one compiled
+pass over time (``kernels.agalite_loop``), which builds the F-sized features from their head- and
+eta-sized factors on the fly and never writes them out. Elsewhere (GPUs) it runs in parallel: all
+three recurrences are diagonal and linear with per-step decays; V (small: d per head) is one
+``kernels.scan.linear_scan``; K and s share their decay and are only ever read as
+``K_j,t · phi_q,t``, so they use the chunkwise read-out ``kernels.decayed_readout`` (matmuls inside
+chunks, traces materialised only at chunk ends). One step runs the recurrence as written. Unlike the
 reference, the returned state is not detached: the trainer decides where gradients stop. State: ``tilde_k`` ``[B, r, NH, F]``, ``tilde_v``
 ``[B, r, NH, d]``, ``s`` ``[B, NH, F]``, ``tick`` ``[B]`` (float; steps since the episode start).
 """
@@ -24,9 +26,13 @@ import math
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.functional import linear
 
 from fiberlab.cortex.base import MemoryModule, State
 from fiberlab.cortex.config import CellConfig
+from fiberlab.cortex.kernels.agalite_loop import AVAILABLE as loop_available
+from fiberlab.cortex.kernels.agalite_loop import agalite_loop
+from fiberlab.cortex.kernels.cpu_loops import runs_here
 from fiberlab.cortex.kernels.decayed_readout import decayed_readout
 from fiberlab.cortex.kernels.scan import linear_scan
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
@@ -87,16 +93,22 @@ class AGaLiTeCell(MemoryModule):
             state = self.init_state(B, x.device, x.dtype)
         check_state(state, {"tilde_k": (B, r, NH, F), "tilde_v": (B, r, NH, d), "s": (B, NH, F), "tick": (B,)}, "AGaLiTeCell")
 
-        # heads before time ([B, NH, T, ..], contiguous) so the F-sized feature maps are built in the
-        # layout the kernel reads, without copies
-        k, q, v, beta, gamma = self.kqvbg(x).view(B, T, 5, NH, d).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-        p1, p2, p3 = self.p123(x).view(B, T, 3, NH, eta).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        # token-major [B, T, NH, ..] (the layout of y). A sequence takes one GEMM per block of rows of
+        # the packed weights: each result is contiguous and the backward pass stacks no gradients
+        # (for one step, where per-call overhead dominates, one GEMM per packed weight is faster)
+        if single:
+            k, q, v, beta, gamma = self.kqvbg(x).view(B, T, 5, NH, d).unbind(2)
+            p1, p2, p3 = self.p123(x).view(B, T, 3, NH, eta).unbind(2)
+        else:
+            k, q, v, beta, gamma = (linear(x, w).view(B, T, NH, d) for w in self.kqvbg.weight.chunk(5))
+            p1, p2, p3 = (linear(x, w).view(B, T, NH, eta) for w in self.p123.weight.chunk(3))
         gate_k, gate_p = torch.sigmoid(gamma), torch.sigmoid(p3)
-        phi_q = _outer_features(torch.relu(q), torch.relu(p2))  # [B, NH, T, F]
-        gamma = _outer_features(gate_k, gate_p)
-        # phi_k ⊙ gamma = vec((relu(k) σ(g)) ⊗ (relu(p1) σ(p3))): the product taken before the outer one
-        written = _outer_features(torch.relu(k) * gate_k, torch.relu(p1) * gate_p)
-        beta = torch.sigmoid(beta)  # [B, NH, T, d]
+        # the three feature maps are outer products of these head-sized and eta-sized factors:
+        # phi_q = q_d ⊗ q_e, gamma = gate_k ⊗ gate_p, and phi_k ⊙ gamma = w_d ⊗ w_e (the product
+        # taken before the outer one)
+        q_d, q_e = torch.relu(q), torch.relu(p2)
+        w_d, w_e = torch.relu(k) * gate_k, torch.relu(p1) * gate_p
+        beta = torch.sigmoid(beta)  # [B, T, NH, d]
 
         tau = self._steps_since_start(state["tick"].detach(), resets, T)  # a counter: no gradient through it
         # omega_j = linspace(-pi, pi, r), made here rather than kept as a buffer: a non-persistent
@@ -108,29 +120,43 @@ class AGaLiTeCell(MemoryModule):
         # K_j (j < r) and s (slot r) share the decay δ(1 - gamma): r+1 traces of phi_k ⊙ gamma written
         # with the coefficients (c_t1 .. c_tr, 1)
         ks0 = torch.cat([state["tilde_k"], state["s"].unsqueeze(1)], dim=1).transpose(1, 2)  # [B, NH, r+1, F]
-        if single:  # one step: the recurrence itself (the time axis, of size 1, broadcasts over the r+1 slots)
-            delta = 1.0 if resets is None else (~resets[:, 0]).to(x.dtype).view(B, 1, 1, 1)
-            ks_last = delta * (1 - gamma) * ks0 + coef.view(B, 1, r + 1, 1) * written  # K_t = δ(1-γ)K_t-1 + c (phi_k ⊙ γ)
-            k_dot_q = (ks_last * phi_q).sum(-1).unsqueeze(2)  # K_j,t · phi_q,t   [B, NH, 1, r+1]
-        else:  # a sequence: chunkwise-parallel read-out, the traces only at chunk ends
-            fold = lambda t: t.reshape(B * NH, *t.shape[2:])  # noqa: E731  [B, NH, ..] -> [B NH, ..]
-            node_coef = coef.unsqueeze(1).expand(B, NH, T, r + 1)
-            node_resets = None if resets is None else resets.unsqueeze(1).expand(B, NH, T)
-            k_dot_q, ks_last = decayed_readout(
-                # log(1 - gamma), with gamma kept below 1 so that the gradient of log1p stays finite
-                fold(phi_q), fold(written), fold(torch.log1p(-gamma.clamp(max=1 - torch.finfo(x.dtype).eps))), fold(node_coef),
-                None if node_resets is None else fold(node_resets), fold(ks0),
-            )
-            k_dot_q, ks_last = k_dot_q.view(B, NH, T, r + 1), ks_last.view(B, NH, r + 1, -1)
-        keep = 1.0 if resets is None else (~resets).to(x.dtype).view(B, 1, T, 1, 1)
-        v_write = osc.view(B, 1, T, r, 1) * (v * beta).unsqueeze(3)  # c_tj (v ⊙ beta)   [B, NH, T, r, d]
-        tilde_v, v_last = linear_scan((keep * (1 - beta).unsqueeze(3)).flatten(0, 1), v_write.flatten(0, 1), state["tilde_v"].transpose(1, 2).flatten(0, 1))
-        tilde_v, v_last = tilde_v.view(B, NH, T, r, d), v_last.view(B, NH, r, d)
-
-        numerator = torch.einsum("bhtjd,bhtj->bthd", tilde_v, k_dot_q[..., :r])  # sum_j V_j,t (K_j,t · phi_q,t)
-        denominator = 2 * r * k_dot_q[..., r].transpose(1, 2) + self.cfg.eps  # 2r (s_t · phi_q,t) + eps   [B, T, NH]
-        o = numerator / denominator.unsqueeze(-1)
+        v0 = state["tilde_v"].transpose(1, 2)  # [B, NH, r, d]
+        if not single and loop_available and runs_here(x):  # CPU: one compiled pass over time
+            o, ks_last, v_last = agalite_loop(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, coef, resets, ks0, v0, self.cfg.eps)
+        else:
+            o, ks_last, v_last = self._tensor_ops(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, osc, coef, resets, ks0, v0)
         y = self.out(o.reshape(B, T, NH * d))
         ks_last = ks_last.transpose(1, 2)  # [B, r+1, NH, F]
         new_state = {"tilde_k": ks_last[:, :r], "tilde_v": v_last.transpose(1, 2), "s": ks_last[:, r], "tick": tau[:, -1] + 1}
         return (y[:, 0] if single else y), new_state
+
+    def _tensor_ops(self, q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, osc, coef, resets, ks0, v0):
+        """One step as written, or a sequence in chunkwise-parallel tensor ops (GPUs).
+
+        All ``[B, T, NH, ..]``; returns ``(o [B, T, NH, d], K_last [B, NH, r+1, F], V_last [B, NH, r, d])``.
+        """
+        B, T, NH, d = v.shape
+        r, F = self.r, ks0.shape[-1]
+        if T == 1:  # one step: the recurrence itself (r+1 slots broadcast against the features)
+            step = lambda a, b: _outer_features(a[:, 0], b[:, 0]).unsqueeze(2)  # noqa: E731  [B, NH, 1, F]
+            phi_q, gamma, written = step(q_d, q_e), step(gate_k, gate_p), step(w_d, w_e)
+            delta = 1.0 if resets is None else (~resets[:, 0]).to(v.dtype).view(B, 1, 1, 1)
+            ks_last = delta * (1 - gamma) * ks0 + coef.view(B, 1, r + 1, 1) * written  # K_t = δ(1-γ)K_t-1 + c (phi_k ⊙ γ)
+            k_dot_q = (ks_last * phi_q).sum(-1).unsqueeze(1)  # K_j,t · phi_q,t   [B, 1, NH, r+1]
+        else:  # keys: chunkwise-parallel matmuls on the F-sized feature maps, heads before time
+            heads = lambda t: t.transpose(1, 2).reshape(B * NH, T, -1)  # noqa: E731  [B, T, NH, ..] -> [B NH, T, ..]
+            gamma = _outer_features(gate_k, gate_p)
+            k_dot_q, ks_last = decayed_readout(
+                # log(1 - gamma), with gamma kept below 1 so that the gradient of log1p stays finite
+                heads(_outer_features(q_d, q_e)), heads(_outer_features(w_d, w_e)),
+                heads(torch.log1p(-gamma.clamp(max=1 - torch.finfo(v.dtype).eps))),
+                coef.repeat_interleave(NH, dim=0), None if resets is None else resets.repeat_interleave(NH, dim=0),
+                ks0.reshape(B * NH, r + 1, F),
+            )
+            k_dot_q, ks_last = k_dot_q.view(B, NH, T, r + 1).transpose(1, 2), ks_last.view(B, NH, r + 1, F)
+        keep = 1.0 if resets is None else (~resets).to(v.dtype).view(B, T, 1, 1, 1)
+        v_write = osc.view(B, T, 1, r, 1) * (v * beta).unsqueeze(3)  # c_tj (v ⊙ beta)   [B, T, NH, r, d]
+        tilde_v, v_last = linear_scan(keep * (1 - beta).unsqueeze(3), v_write, v0)
+        numerator = (tilde_v * k_dot_q[..., :r, None]).sum(-2)  # sum_j V_j,t (K_j,t · phi_q,t)   [B, T, NH, d]
+        denominator = 2 * r * k_dot_q[..., r:] + self.cfg.eps  # 2r (s_t · phi_q,t) + eps   [B, T, NH, 1]
+        return numerator / denominator, ks_last, v_last

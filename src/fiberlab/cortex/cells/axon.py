@@ -8,9 +8,10 @@ Each channel carries a complex trace ``c = c1 + i c2`` rotated and shrunk every 
 
 with ``gamma = sqrt(1 - r^2)`` keeping the trace's scale independent of its memory length.
 
-Why a complex number: the rotation-and-shrink is one complex multiply, so the whole recurrence is the
-diagonal linear recurrence of ``kernels.scan`` and a sequence runs as a parallel scan; a reset at step t
-sets that step's decay to 0.
+Why a complex number: the rotation-and-shrink is one complex multiply, so the whole recurrence is a
+diagonal linear recurrence with the same decay at every step; a reset at step t sets that step's
+decay to 0. A sequence runs as one compiled pass over time on CPUs (``kernels.rtu_loop``) and as
+chunked Toeplitz matmuls elsewhere (``kernels.rtu_scan``).
 
 Gradients: plain autograd within a call, through the carried state too (we do not detach it). The
 reference instead keeps eligibility traces so nu, theta, w1, w2 get gradient from before the truncation
@@ -27,7 +28,10 @@ from torch import nn
 
 from fiberlab.cortex.base import MemoryModule, State
 from fiberlab.cortex.config import CellConfig
-from fiberlab.cortex.kernels.scan import linear_scan
+from fiberlab.cortex.kernels.cpu_loops import runs_here
+from fiberlab.cortex.kernels.rtu_loop import AVAILABLE as rtu_loop_available
+from fiberlab.cortex.kernels.rtu_loop import rtu_loop
+from fiberlab.cortex.kernels.rtu_scan import rtu_scan
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
 
 
@@ -65,26 +69,33 @@ class DiagonalRTU(nn.Module):
         z = torch.zeros(batch, self.width, device=device, dtype=dtype)
         return {"c1": z, "c2": z.clone()}
 
+    def _decay(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log r, theta, beta)`` with ``lambda = e^{log r + i theta}`` and ``beta = gamma (w1 + i w2)``."""
+        log_r = -torch.exp(self.nu_log)  # log r = -exp(nu_log)
+        gamma = torch.sqrt(-torch.expm1(2 * log_r))  # gamma = sqrt(1 - r^2), exact for r -> 1
+        return log_r, torch.exp(self.theta_log), torch.complex(gamma * self.w1, gamma * self.w2)
+
     def traces(self, u: torch.Tensor, state: State | None, resets: torch.Tensor | None) -> tuple[torch.Tensor, State]:
         """u ``[B, T, width]`` -> traces ``[B, T, 2 width]`` and the state after the last step.
 
         The traces come interleaved ``(c1_0, c2_0, c1_1, c2_1, ...)``: a free view of the complex
         tensor; a Linear on them is the reference's Linear on ``[c1; c2]`` with its columns permuted.
         """
-        B = u.shape[0]
-        nu = torch.exp(self.nu_log)
-        log_r = -nu  # log r = -exp(nu_log)
-        lam = torch.polar(torch.exp(log_r), torch.exp(self.theta_log))  # lambda = r e^{i theta}
-        gamma = torch.sqrt(-torch.expm1(2 * log_r))  # gamma = sqrt(1 - r^2), exact for r -> 1
-        b = torch.complex(gamma * self.w1 * u, gamma * self.w2 * u)  # gamma (w1 + i w2) x_t
-        a = lam.view(1, 1, -1)  # the same decay at every step ...
-        if resets is not None:  # ... except at a reset: zero the state BEFORE step t  <=>  a_t = 0
-            a = a * (~resets).unsqueeze(-1).to(u.dtype)
+        B, T, W = u.shape
+        log_r, theta, beta = self._decay()
         c0 = None
         if state is not None:
-            check_state(state, {"c1": (B, self.width), "c2": (B, self.width)}, type(self).__name__)
+            check_state(state, {"c1": (B, W), "c2": (B, W)}, type(self).__name__)
             c0 = torch.complex(state["c1"].to(u.dtype), state["c2"].to(u.dtype))
-        c, last = linear_scan(a, b, c0)  # c_t = lambda c_{t-1} + gamma (w1 + i w2) x_t
+        if T == 1:  # one step (the acting path): c = lambda c_prev + beta u, zeroed before a reset
+            c = beta * u[:, 0]
+            if c0 is not None:
+                keep = 1.0 if resets is None else (~resets[:, 0]).to(u.dtype).unsqueeze(-1)
+                c = c + keep * torch.polar(torch.exp(log_r), theta) * c0
+            c, last = c.unsqueeze(1), c
+        else:  # CPU: one compiled pass over time; GPU: chunked Toeplitz matmuls
+            scan = rtu_loop if rtu_loop_available and runs_here(u) else rtu_scan
+            c, last = scan(u, log_r, theta, beta, c0, resets)
         return torch.view_as_real(c).flatten(-2), {"c1": last.real.contiguous(), "c2": last.imag.contiguous()}
 
 

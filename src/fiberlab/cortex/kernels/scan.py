@@ -1,8 +1,10 @@
 """Parallel form of the diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t``.
 
-Why this kernel: Axon (a complex diagonal RTU) and AGaLiTe (decayed outer-product traces) are both
-this recurrence with per-step, per-channel decays; a reset at step t is simply ``a_t = 0``. Running it
-as one Python step per time step costs ~10 tiny tensor ops per step, which dominates on CPUs and GPUs.
+Why this kernel: AGaLiTe's value traces on GPUs, and the chunk-to-chunk carries of
+``kernels.decayed_readout`` and ``kernels.rtu_scan``, are this recurrence with per-step, per-channel
+decays; a reset at step t is simply ``a_t = 0``. Running it as one Python step per time step costs
+~10 tiny tensor ops per step, which is bound by kernel launches on GPUs. (On CPUs the cells run
+compiled loops instead: ``kernels.cpu_loops``.)
 
 Why a two-level (chunked) scan and not a closed form with cumulative products: ``|a| < 1``, so
 ``prod a`` underflows and the closed form ``h_t = P_t (h_0 + sum_s b_s / P_s)`` divides by ~0.
