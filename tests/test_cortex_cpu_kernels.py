@@ -73,26 +73,29 @@ def test_rtu_loop_and_rtu_scan_match_the_recurrence_and_each_other(t, with_reset
 
 @pytest.mark.parametrize("t", [1, 17, 40])
 def test_agalite_loop_matches_the_tensor_ops_values_and_gradients(t):
-    """The fused loop against the GPU path's tensor ops (chunked read-out, linear scan, o = n / z)."""
+    """The fused loop against the GPU path's tensor ops (chunked read-out, linear scan, o = n / z),
+    from raw projections (negative values too: the loop applies the relus itself)."""
     cell = AGaLiTeCell(AGaLiTeConfig(d_hidden=8, n_heads=2, eta=3, r=2)).to(DT)
     g = torch.Generator().manual_seed(t)
     B, NH, d, E, r = 2, 2, 4, 3, 2
+    randn = lambda *s: torch.randn(*s, generator=g, dtype=DT, requires_grad=True)  # noqa: E731
     rand = lambda *s: torch.rand(*s, generator=g, dtype=DT, requires_grad=True)  # noqa: E731
-    slots = rand(B, t, 2, NH, d)  # strided factors, as views of a projection
-    qd, gd = slots[:, :, 0], slots[:, :, 1]
-    wd, v, beta = rand(B, t, NH, d), torch.randn(B, t, NH, d, generator=g, dtype=DT, requires_grad=True), rand(B, t, NH, d)
-    qe, we, ge = rand(B, t, NH, E), rand(B, t, NH, E), rand(B, t, NH, E)
-    coef = torch.randn(B, t, r + 1, generator=g, dtype=DT, requires_grad=True)
+    slots = randn(B, t, 2, NH, d)  # strided inputs, as views of a projection
+    q, kr = slots[:, :, 0], slots[:, :, 1]
+    gk, v, beta = rand(B, t, NH, d), randn(B, t, NH, d), rand(B, t, NH, d)
+    p2, p1, gp = randn(B, t, NH, E), randn(B, t, NH, E), rand(B, t, NH, E)
+    coef = randn(B, t, r + 1)
     resets = torch.rand(B, t, generator=g) < 0.1
     resets[1, t // 2] = True
-    k0 = torch.rand(B, NH, r + 1, d * E, generator=g, dtype=DT, requires_grad=True)
-    v0 = torch.randn(B, NH, r, d, generator=g, dtype=DT, requires_grad=True)
-    got = agalite_loop(qd, qe, wd, we, gd, ge, v, beta, coef, resets, k0, v0, 1e-5)
-    ref = cell._tensor_ops(qd, qe, wd, we, gd, ge, v, beta, coef[..., :r], coef, resets, k0, v0)
+    k0 = rand(B, NH, r + 1, d * E)
+    v0 = randn(B, NH, r, d)
+    got = agalite_loop(q, p2, kr, p1, gk, gp, v, beta, coef, resets, k0, v0, 1e-5)
+    relu = torch.relu
+    ref = cell._tensor_ops(relu(q), relu(p2), relu(kr) * gk, relu(p1) * gp, gk, gp, v, beta, coef[..., :r], coef, resets, k0, v0)
     for name, a, b in zip(("o", "K_last", "V_last"), got, ref):
         torch.testing.assert_close(a, b, **TOL, msg=name)
-    ins = (slots, wd, v, beta, qe, we, ge, coef, k0, v0)
-    names = ("qd/gd", "wd", "v", "beta", "qe", "we", "ge", "coef", "k0", "v0")
+    ins = (slots, gk, v, beta, p2, p1, gp, coef, k0, v0)
+    names = ("q/kr", "gk", "v", "beta", "p2", "p1", "gp", "coef", "k0", "v0")
     for name, g_got, g_ref in zip(names, grads(got, ins), grads(ref, ins)):
         torch.testing.assert_close(g_got, g_ref, atol=1e-10, rtol=1e-10, msg=f"d/d{name}")
 

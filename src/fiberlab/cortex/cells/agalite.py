@@ -103,11 +103,6 @@ class AGaLiTeCell(MemoryModule):
             k, q, v, beta, gamma = (linear(x, w).view(B, T, NH, d) for w in self.kqvbg.weight.chunk(5))
             p1, p2, p3 = (linear(x, w).view(B, T, NH, eta) for w in self.p123.weight.chunk(3))
         gate_k, gate_p = torch.sigmoid(gamma), torch.sigmoid(p3)
-        # the three feature maps are outer products of these head-sized and eta-sized factors:
-        # phi_q = q_d ⊗ q_e, gamma = gate_k ⊗ gate_p, and phi_k ⊙ gamma = w_d ⊗ w_e (the product
-        # taken before the outer one)
-        q_d, q_e = torch.relu(q), torch.relu(p2)
-        w_d, w_e = torch.relu(k) * gate_k, torch.relu(p1) * gate_p
         beta = torch.sigmoid(beta)  # [B, T, NH, d]
 
         tau = self._steps_since_start(state["tick"].detach(), resets, T)  # a counter: no gradient through it
@@ -121,9 +116,14 @@ class AGaLiTeCell(MemoryModule):
         # with the coefficients (c_t1 .. c_tr, 1)
         ks0 = torch.cat([state["tilde_k"], state["s"].unsqueeze(1)], dim=1).transpose(1, 2)  # [B, NH, r+1, F]
         v0 = state["tilde_v"].transpose(1, 2)  # [B, NH, r, d]
-        if not single and loop_available and runs_here(x):  # CPU: one compiled pass over time
-            o, ks_last, v_last = agalite_loop(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, coef, resets, ks0, v0, self.cfg.eps)
+        if not single and loop_available and runs_here(x):  # CPU: one compiled pass over time (relus inside)
+            o, ks_last, v_last = agalite_loop(q, p2, k, p1, gate_k, gate_p, v, beta, coef, resets, ks0, v0, self.cfg.eps)
         else:
+            # the three feature maps are outer products of head-sized and eta-sized factors:
+            # phi_q = q_d ⊗ q_e, gamma = gate_k ⊗ gate_p, and phi_k ⊙ gamma = w_d ⊗ w_e (the product
+            # taken before the outer one)
+            q_d, q_e = torch.relu(q), torch.relu(p2)
+            w_d, w_e = torch.relu(k) * gate_k, torch.relu(p1) * gate_p
             o, ks_last, v_last = self._tensor_ops(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, osc, coef, resets, ks0, v0)
         y = self.out(o.reshape(B, T, NH * d))
         ks_last = ks_last.transpose(1, 2)  # [B, r+1, NH, F]

@@ -1,8 +1,10 @@
 """AGaLiTe's whole recurrence, keys, values and output, as one compiled loop over time (CPU).
 
 Per head, with every per-feature quantity an outer product of a head-sized (i < d) and an
-eta-sized (e < eta) factor, J = r + 1 key traces (the r oscillator copies and the normaliser s):
+eta-sized (e < eta) factor, J = r + 1 key traces (the r oscillator copies and the normaliser s),
+from the raw projections q, kr (keys), p1, p2 and the sigmoid gates gk, gp:
 
+    qd = relu(q)   wd = relu(kr) gk   gd = gk        qe = relu(p2)   we = relu(p1) gp   ge = gp
     q_t[f] = qd_t[i] qe_t[e]      w_t[f] = wd_t[i] we_t[e]      a_t[f] = 1 - gd_t[i] ge_t[e]
     K_j,t  = δ_t a_t ⊙ K_j,t-1 + coef_tj w_t            κ_tj = q_t · K_j,t          (j < J)
     V_j,t  = δ_t (1 - β_t) ⊙ V_j,t-1 + coef_tj (v_t ⊙ β_t)                          (j < r)
@@ -26,7 +28,8 @@ Backward (reverse time), with Ĝ_j, Ĥ_j the gradients reaching K_j,t and V_j,t:
     Ĝ_j += dL/dκ_j q,   dL/dq = sum_j dL/dκ_j K_j,t,   dL/dw = sum_j coef_j Ĝ_j,
     dL/dcoef_j = Ĝ_j · w + Ĥ_j · (v ⊙ β),   dL/da = δ sum_j Ĝ_j ⊙ K_j,t-1,   Ĝ_j <- δ a ⊙ Ĝ_j
 
-then through the outer products (dL/dqd_i = sum_e dL/dq[i, e] qe_e, ...; dL/dgd_i = -sum_e dL/da[i, e] ge_e).
+then through the outer products (dL/dqd_i = sum_e dL/dq[i, e] qe_e, ...; dL/dgd_i = -sum_e dL/da[i, e] ge_e)
+and the relus and products that make the factors (so torch runs none of those elementwise ops).
 The forward keeps the traces only every ``D`` steps; the backward recomputes each block of D
 steps from its checkpoint into small buffers and walks it backwards there.
 """
@@ -49,18 +52,19 @@ _FM = {"reassoc", "contract"}  # reassoc: sums over features vectorise (their or
 
 
 @jit(fastmath=_FM)
-def _head_step(qd, qe, wd, we, gd, ge, v, bt, coef, keep, b, t, h,
+def _head_step(q, p2, kr, p1, gk, gp, v, bt, coef, keep, b, t, h,
                Ks, Vs, k_in, k_out, feats, kappas, k_f):  # pragma: no cover - compiled
     """One head's step: Ks[k_out, h] = step(Ks[k_in, h]) (J x F), likewise Vs (r x d); the features
     go to feats[k_f, h, 0..2] (q, w, a), the read-outs κ_j to kappas[k_f, h]."""
-    d, E = qd.shape[3], qe.shape[3]
+    d, E = q.shape[3], p2.shape[3]
     J, F = Ks.shape[2], Ks.shape[3]
+    zero = q[b, t, h, 0] * 0
     for e in range(E):
-        yq, yw, yg = qe[b, t, h, e], we[b, t, h, e], ge[b, t, h, e]
+        yq, yw, yg = max(p2[b, t, h, e], zero), max(p1[b, t, h, e], zero) * gp[b, t, h, e], gp[b, t, h, e]
         for i in range(d):
-            feats[k_f, h, 0, e * d + i] = qd[b, t, h, i] * yq
-            feats[k_f, h, 1, e * d + i] = wd[b, t, h, i] * yw
-            feats[k_f, h, 2, e * d + i] = 1 - gd[b, t, h, i] * yg
+            feats[k_f, h, 0, e * d + i] = max(q[b, t, h, i], zero) * yq
+            feats[k_f, h, 1, e * d + i] = max(kr[b, t, h, i], zero) * gk[b, t, h, i] * yw
+            feats[k_f, h, 2, e * d + i] = 1 - gk[b, t, h, i] * yg
     for j in range(J):
         c = coef[b, t, j]
         acc = feats[k_f, h, 0, 0] * 0  # zero in the data's dtype (a float64 sum would not vectorise)
@@ -76,13 +80,14 @@ def _head_step(qd, qe, wd, we, gd, ge, v, bt, coef, keep, b, t, h,
 
 
 @jit(fastmath=_FM)
-def _forward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, k0, v0, eps, o, k_last, v_last, ckpt_k, ckpt_v):  # pragma: no cover - compiled
-    """Factors [B, T, NH, d] / [B, T, NH, eta]; v, bt [B, T, NH, d]; coef [B, T, J]; resets [B, T];
+def _forward(q, p2, kr, p1, gk, gp, v, bt, coef, resets, k0, v0, eps, o, k_last, v_last, ckpt_k, ckpt_v):  # pragma: no cover - compiled
+    """Raw q, kr (keys), p1, p2 (relu inside), sigmoid gates gk, gp; v, bt (beta).
+    q, kr, gk, v, bt [B, T, NH, d]; p2, p1, gp [B, T, NH, eta]; coef [B, T, J]; resets [B, T];
     k0 [B, NH, J, F] (f = e d + i); v0 [B, NH, r, d]. Out: o [B, T, NH, d], k_last, v_last,
     ckpt_k [B, ceil(T/D), NH, J, F], ckpt_v [B, ceil(T/D), NH, r, d] (states before each block)."""
-    B, T, NH, d = qd.shape
+    B, T, NH, d = q.shape
     J, F, r = k0.shape[2], k0.shape[3], v0.shape[2]
-    dt = qd.dtype
+    dt = q.dtype
     K = np.empty((1, NH, J, F), dt)  # updated in place (k_in = k_out = 0)
     V = np.empty((1, NH, r, d), dt)
     feats = np.empty((1, NH, 3, F), dt)
@@ -96,7 +101,7 @@ def _forward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, k0, v0, eps, o, k_last
                 ckpt_v[b, t // D] = V[0]
             keep = dt.type(0) if resets[b, t] else dt.type(1)
             for h in range(NH):
-                _head_step(qd, qe, wd, we, gd, ge, v, bt, coef, keep, b, t, h, K, V, 0, 0, feats, kappas, 0)
+                _head_step(q, p2, kr, p1, gk, gp, v, bt, coef, keep, b, t, h, K, V, 0, 0, feats, kappas, 0)
                 z = 2 * r * kappas[0, h, r] + eps
                 for i in range(d):
                     n = feats[0, h, 0, 0] * 0
@@ -108,13 +113,14 @@ def _forward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, k0, v0, eps, o, k_last
 
 
 @jit(fastmath=_FM)
-def _backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, eps, ckpt_k, ckpt_v, g_o, g_klast, g_vlast,
-              g_qd, g_qe, g_wd, g_we, g_gd, g_ge, g_v, g_bt, g_coef, g_k0, g_v0):  # pragma: no cover - compiled
+def _backward(q, p2, kr, p1, gk, gp, v, bt, coef, resets, eps, ckpt_k, ckpt_v, g_o, g_klast, g_vlast,
+              g_q, g_p2, g_kr, g_p1, g_gk, g_gp, g_v, g_bt, g_coef, g_k0, g_v0):  # pragma: no cover - compiled
     """Every gradient is written whole."""
-    B, T, NH, d = qd.shape
-    E = qe.shape[3]
+    B, T, NH, d = q.shape
+    E = p2.shape[3]
     J, F, r = g_klast.shape[2], g_klast.shape[3], g_vlast.shape[2]
-    dt = qd.dtype
+    dt = q.dtype
+    z0 = dt.type(0)
     Ks = np.empty((D + 1, NH, J, F), dt)  # Ks[k] = K before step t0 + k of the block
     Vs = np.empty((D + 1, NH, r, d), dt)
     feats = np.empty((D, NH, 3, F), dt)  # the block's (q, w, a), built once in the recompute
@@ -126,8 +132,8 @@ def _backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, eps, ckpt_k, ckpt_v, 
     # the block's incoming and outgoing gradients: walking memory backwards defeats the prefetcher,
     # so they are copied in and out forwards, and walked backwards here, in cache
     go = np.empty((D, NH, d), dt)
-    gd_out = np.empty((5, D, NH, d), dt)  # qd, wd, gd, v, beta
-    ge_out = np.empty((3, D, NH, E), dt)  # qe, we, ge
+    gd_out = np.empty((5, D, NH, d), dt)  # the factors qd, wd, gd, then v, beta
+    ge_out = np.empty((3, D, NH, E), dt)  # the factors qe, we, ge
     gc_out = np.empty((D, J), dt)
     for b in range(B):
         G[:] = g_klast[b]
@@ -143,7 +149,7 @@ def _backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, eps, ckpt_k, ckpt_v, 
                 k = t - t0
                 keep = dt.type(0) if resets[b, t] else dt.type(1)
                 for h in range(NH):
-                    _head_step(qd, qe, wd, we, gd, ge, v, bt, coef, keep, b, t, h, Ks, Vs, k, k + 1, feats, kappas, k)
+                    _head_step(q, p2, kr, p1, gk, gp, v, bt, coef, keep, b, t, h, Ks, Vs, k, k + 1, feats, kappas, k)
             for t in range(t1 - 1, t0 - 1, -1):
                 k = t - t0
                 keep = dt.type(0) if resets[b, t] else dt.type(1)
@@ -201,13 +207,13 @@ def _backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, eps, ckpt_k, ckpt_v, 
                         gd_out[1, k, h, i] = 0
                         gd_out[2, k, h, i] = 0
                     for e in range(E):
-                        yq, yw, yg = qe[b, t, h, e], we[b, t, h, e], ge[b, t, h, e]
+                        yq, yw, yg = max(p2[b, t, h, e], z0), max(p1[b, t, h, e], z0) * gp[b, t, h, e], gp[b, t, h, e]
                         sq = sw = sg = zero
                         for i in range(d):
                             f = e * d + i
-                            sq += gq[f] * qd[b, t, h, i]
-                            sw += gw[f] * wd[b, t, h, i]
-                            sg += ga[f] * gd[b, t, h, i]
+                            sq += gq[f] * max(q[b, t, h, i], z0)
+                            sw += gw[f] * max(kr[b, t, h, i], z0) * gk[b, t, h, i]
+                            sg += ga[f] * gk[b, t, h, i]
                             gd_out[0, k, h, i] += gq[f] * yq
                             gd_out[1, k, h, i] += gw[f] * yw
                             gd_out[2, k, h, i] += ga[f] * yg
@@ -215,14 +221,23 @@ def _backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, eps, ckpt_k, ckpt_v, 
                         ge_out[1, k, h, e] = sw
                         ge_out[2, k, h, e] = sg
             n = t1 - t0
-            g_qd[b, t0:t1] = gd_out[0, :n]
-            g_wd[b, t0:t1] = gd_out[1, :n]
-            g_gd[b, t0:t1] = gd_out[2, :n]
             g_v[b, t0:t1] = gd_out[3, :n]
             g_bt[b, t0:t1] = gd_out[4, :n]
-            g_qe[b, t0:t1] = ge_out[0, :n]
-            g_we[b, t0:t1] = ge_out[1, :n]
-            g_ge[b, t0:t1] = ge_out[2, :n]
+            # from the factors' gradients to the raw inputs': qd = relu(q), wd = relu(kr) gk, gd = gk,
+            # and on the eta side qe = relu(p2), we = relu(p1) gp, ge = gp (relu' = [x > 0], as torch)
+            for kk in range(n):
+                t = t0 + kk
+                for h in range(NH):
+                    for i in range(d):
+                        x, g_w = kr[b, t, h, i], gd_out[1, kk, h, i]
+                        g_q[b, t, h, i] = gd_out[0, kk, h, i] if q[b, t, h, i] > 0 else z0
+                        g_kr[b, t, h, i] = g_w * gk[b, t, h, i] if x > 0 else z0
+                        g_gk[b, t, h, i] = g_w * max(x, z0) + gd_out[2, kk, h, i]
+                    for e in range(E):
+                        x, g_w = p1[b, t, h, e], ge_out[1, kk, h, e]
+                        g_p2[b, t, h, e] = ge_out[0, kk, h, e] if p2[b, t, h, e] > 0 else z0
+                        g_p1[b, t, h, e] = g_w * gp[b, t, h, e] if x > 0 else z0
+                        g_gp[b, t, h, e] = g_w * max(x, z0) + ge_out[2, kk, h, e]
             g_coef[b, t0:t1] = gc_out[:n]
         g_k0[b] = G
         g_v0[b] = Hv
@@ -235,54 +250,55 @@ def _swap(k: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
 
 class _AGaLiTeLoop(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qd, qe, wd, we, gd, ge, v, bt, coef, resets, k0, v0, eps):  # noqa: D401 - autograd API
-        B, T, NH, d = qd.shape
-        E = qe.shape[3]
+    def forward(ctx, q, p2, kr, p1, gk, gp, v, bt, coef, resets, k0, v0, eps):  # noqa: D401 - autograd API
+        B, T, NH, d = q.shape
+        E = p2.shape[3]
         J, F = k0.shape[2:]
         r = v0.shape[2]
         n_blocks = -(-T // D)
-        o = torch.empty(B, T, NH, d, dtype=qd.dtype)
+        o = torch.empty(B, T, NH, d, dtype=q.dtype)
         k_last, v_last = torch.empty_like(k0), torch.empty_like(v0)
-        ckpt_k = torch.empty(B, n_blocks, NH, J, F, dtype=qd.dtype)
-        ckpt_v = torch.empty(B, n_blocks, NH, r, d, dtype=qd.dtype)
-        _forward(*(as_numpy(x) for x in (qd, qe, wd, we, gd, ge, v, bt, coef, resets, _swap(k0, d, E), v0)), eps,
+        ckpt_k = torch.empty(B, n_blocks, NH, J, F, dtype=q.dtype)
+        ckpt_v = torch.empty(B, n_blocks, NH, r, d, dtype=q.dtype)
+        _forward(*(as_numpy(x) for x in (q, p2, kr, p1, gk, gp, v, bt, coef, resets, _swap(k0, d, E), v0)), eps,
                  *(x.numpy() for x in (o, k_last, v_last, ckpt_k, ckpt_v)))
-        ctx.save_for_backward(qd, qe, wd, we, gd, ge, v, bt, coef, resets, ckpt_k, ckpt_v)
+        ctx.save_for_backward(q, p2, kr, p1, gk, gp, v, bt, coef, resets, ckpt_k, ckpt_v)
         ctx.eps = eps
         return o, _swap(k_last, E, d), v_last
 
     @staticmethod
     def backward(ctx, g_o, g_klast, g_vlast):
-        qd, qe, wd, we, gd, ge, v, bt, coef, resets, ckpt_k, ckpt_v = ctx.saved_tensors
-        B, T, NH, d = qd.shape
-        E = qe.shape[3]
+        q, p2, kr, p1, gk, gp, v, bt, coef, resets, ckpt_k, ckpt_v = ctx.saved_tensors
+        B, T, NH, d = q.shape
+        E = p2.shape[3]
         J, F = ckpt_k.shape[3:]
         r = ckpt_v.shape[3]
-        g_o = torch.zeros(B, T, NH, d, dtype=qd.dtype) if g_o is None else g_o.contiguous()
-        g_klast = torch.zeros(B, NH, J, F, dtype=qd.dtype) if g_klast is None else _swap(g_klast, d, E)
-        g_vlast = torch.zeros(B, NH, r, d, dtype=qd.dtype) if g_vlast is None else g_vlast.contiguous()
-        grads = [torch.empty(x.shape, dtype=x.dtype) for x in (qd, qe, wd, we, gd, ge, v, bt)]
+        g_o = torch.zeros(B, T, NH, d, dtype=q.dtype) if g_o is None else g_o.contiguous()
+        g_klast = torch.zeros(B, NH, J, F, dtype=q.dtype) if g_klast is None else _swap(g_klast, d, E)
+        g_vlast = torch.zeros(B, NH, r, d, dtype=q.dtype) if g_vlast is None else g_vlast.contiguous()
+        grads = [torch.empty(x.shape, dtype=x.dtype) for x in (q, p2, kr, p1, gk, gp, v, bt)]
         g_coef = torch.zeros_like(coef)
-        g_k0, g_v0 = torch.empty(B, NH, J, F, dtype=qd.dtype), torch.empty(B, NH, r, d, dtype=qd.dtype)
-        _backward(*(as_numpy(x) for x in (qd, qe, wd, we, gd, ge, v, bt, coef, resets)), ctx.eps,
+        g_k0, g_v0 = torch.empty(B, NH, J, F, dtype=q.dtype), torch.empty(B, NH, r, d, dtype=q.dtype)
+        _backward(*(as_numpy(x) for x in (q, p2, kr, p1, gk, gp, v, bt, coef, resets)), ctx.eps,
                   *(as_numpy(x) for x in (ckpt_k, ckpt_v, g_o, g_klast, g_vlast)),
                   *(g.numpy() for g in grads), g_coef.numpy(), g_k0.numpy(), g_v0.numpy())
         return (*grads, g_coef, None, _swap(g_k0, E, d), g_v0, None)
 
 
 def agalite_loop(
-    qd: torch.Tensor, qe: torch.Tensor, wd: torch.Tensor, we: torch.Tensor, gd: torch.Tensor, ge: torch.Tensor,
+    q: torch.Tensor, p2: torch.Tensor, kr: torch.Tensor, p1: torch.Tensor, gk: torch.Tensor, gp: torch.Tensor,
     v: torch.Tensor, beta: torch.Tensor, coef: torch.Tensor, resets: torch.Tensor | None,
     k0: torch.Tensor, v0: torch.Tensor, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CPU tensors, token-major: factors ``[B, T, NH, d]`` (qd, wd, gd) and ``[B, T, NH, eta]`` (qe, we,
-    ge); v, beta (after its sigmoid) ``[B, T, NH, d]``; coef ``[B, T, r + 1]`` (the oscillators, then 1);
+    """CPU tensors, token-major. The projections before their activations: q, kr (keys) ``[B, T, NH, d]``,
+    p2, p1 ``[B, T, NH, eta]`` (the loop applies the relu); the gates after their sigmoid: gk
+    ``[B, T, NH, d]``, gp ``[B, T, NH, eta]``; v, beta (after its sigmoid) ``[B, T, NH, d]``; coef ``[B, T, r + 1]`` (the oscillators, then 1);
     resets bool ``[B, T]`` or None; k0 ``[B, NH, r + 1, d eta]``; v0 ``[B, NH, r, d]``.
     Returns ``(o [B, T, NH, d], K_last [B, NH, r + 1, d eta], V_last [B, NH, r, d])``.
     """
     require("agalite_loop", "the tensor-op kernels (kernels.decayed_readout, kernels.scan)")
-    B, T = qd.shape[:2]
+    B, T = q.shape[:2]
     resets = torch.zeros(B, T, dtype=torch.bool) if resets is None else resets.contiguous()
     # contiguous inputs: numba vectorises only arrays it knows to be contiguous (a no-op for the cell's)
-    args = (qd, qe, wd, we, gd, ge, v, beta, coef)
+    args = (q, p2, kr, p1, gk, gp, v, beta, coef)
     return _AGaLiTeLoop.apply(*(x.contiguous() for x in args), resets, k0.contiguous(), v0.contiguous(), float(eps))
