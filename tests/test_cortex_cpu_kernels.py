@@ -91,7 +91,7 @@ def test_agalite_loop_matches_the_tensor_ops_values_and_gradients(t):
     v0 = randn(B, NH, r, d)
     got = agalite_loop(q, p2, kr, p1, gk, gp, v, beta, coef, resets, k0, v0, 1e-5)
     relu = torch.relu
-    ref = cell._tensor_ops(relu(q), relu(p2), relu(kr) * gk, relu(p1) * gp, gk, gp, v, beta, coef[..., :r], coef, resets, k0, v0)
+    ref = cell._tensor_ops(relu(q), relu(p2), relu(kr) * gk, relu(p1) * gp, gk, gp, v, beta, coef, resets, k0, v0)
     for name, a, b in zip(("o", "K_last", "V_last"), got, ref):
         torch.testing.assert_close(a, b, **TOL, msg=name)
     ins = (slots, gk, v, beta, p2, p1, gp, coef, k0, v0)

@@ -124,13 +124,13 @@ class AGaLiTeCell(MemoryModule):
             # taken before the outer one)
             q_d, q_e = torch.relu(q), torch.relu(p2)
             w_d, w_e = torch.relu(k) * gate_k, torch.relu(p1) * gate_p
-            o, ks_last, v_last = self._tensor_ops(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, osc, coef, resets, ks0, v0)
+            o, ks_last, v_last = self._tensor_ops(q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, coef, resets, ks0, v0)
         y = self.out(o.reshape(B, T, NH * d))
         ks_last = ks_last.transpose(1, 2)  # [B, r+1, NH, F]
         new_state = {"tilde_k": ks_last[:, :r], "tilde_v": v_last.transpose(1, 2), "s": ks_last[:, r], "tick": tau[:, -1] + 1}
         return (y[:, 0] if single else y), new_state
 
-    def _tensor_ops(self, q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, osc, coef, resets, ks0, v0):
+    def _tensor_ops(self, q_d, q_e, w_d, w_e, gate_k, gate_p, v, beta, coef, resets, ks0, v0):
         """One step as written, or a sequence in chunkwise-parallel tensor ops (GPUs).
 
         All ``[B, T, NH, ..]``; returns ``(o [B, T, NH, d], K_last [B, NH, r+1, F], V_last [B, NH, r, d])``.
@@ -155,7 +155,7 @@ class AGaLiTeCell(MemoryModule):
             )
             k_dot_q, ks_last = k_dot_q.view(B, NH, T, r + 1).transpose(1, 2), ks_last.view(B, NH, r + 1, F)
         keep = 1.0 if resets is None else (~resets).to(v.dtype).view(B, T, 1, 1, 1)
-        v_write = osc.view(B, T, 1, r, 1) * (v * beta).unsqueeze(3)  # c_tj (v ⊙ beta)   [B, T, NH, r, d]
+        v_write = coef[..., :r].reshape(B, T, 1, r, 1) * (v * beta).unsqueeze(3)  # c_tj (v ⊙ beta)   [B, T, NH, r, d]
         tilde_v, v_last = linear_scan(keep * (1 - beta).unsqueeze(3), v_write, v0)
         numerator = (tilde_v * k_dot_q[..., :r, None]).sum(-2)  # sum_j V_j,t (K_j,t · phi_q,t)   [B, T, NH, d]
         denominator = 2 * r * k_dot_q[..., r:] + self.cfg.eps  # 2r (s_t · phi_q,t) + eps   [B, T, NH, 1]
