@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fiberlab.errors import BadInput
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInput):
     """A bad recipe name, override key or value: the message is one line meant for the user."""
 
 

@@ -30,12 +30,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fiberlab.errors import BadInput
+
 FORMAT_VERSION = 2
 MANIFEST_KEY = "fiberlab"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a larger claim is corruption
 
 
-class CheckpointError(Exception):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be read: the message is one line naming the file and the fault."""
 
 
