@@ -7,9 +7,13 @@ One run prints three tables (see docs/checkpoints_compression.md for the numbers
    Adam state: our ``save_checkpoint`` / ``load_checkpoint`` (plain, zstd-3, zstd-3 + shuffle)
    against ``torch.save`` / ``torch.load(weights_only=True)`` of the same two state dicts. "Load"
    ends with a usable policy and optimizer on both sides, so the torch side builds the policy
-   from its config and calls ``load_state_dict`` (our loader rebuilds it from the manifest).
-   The "tensors only" rows compare ``read_checkpoint`` with a bare ``torch.load``. Median of
-   ``--repeats`` runs, interleaved; target: ours no slower.
+   from its config and calls ``load_state_dict`` (our loader rebuilds it from the manifest and,
+   by default, verifies the checksum over every tensor and the manifest and that every float is
+   finite). "load, unverified" is ``load_checkpoint(verify=False)``, so the difference is what
+   verification costs; "verify" sets that cost against the machine's limit for it: sha256 of the
+   same bytes already in memory on the same threads, with no other work. The "tensors only"
+   rows compare ``read_tensors`` with a bare ``torch.load``. Median of ``--repeats`` runs,
+   interleaved; target: ours no slower, verified loads included.
 2. **Manifest read** (``read_manifest``, header only) against a full ``load_checkpoint``;
    target: at least 100x faster.
 3. **Compression** (``fiberlab.checkpoint.compression.bench``): gzip 1/6/9, lz4 0/9,
@@ -52,7 +56,7 @@ import torch
 from safetensors.torch import save_file
 
 from fiberlab.checkpoint import compression, load_checkpoint, read_manifest, save_checkpoint
-from fiberlab.checkpoint.format import read_checkpoint, read_tensors
+from fiberlab.checkpoint.format import read_tensors, tensor_checksum
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
@@ -140,16 +144,22 @@ def save_load(policy: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PolicyCo
         p.load_state_dict(sd["policy"])
         torch.optim.Adam(p.parameters(), lr=1.0).load_state_dict(sd["optimizer"])
 
-    def ours_load_full(path: Path) -> None:
-        ck = load_checkpoint(path)
+    def ours_load_full(path: Path, verify: bool = True) -> None:
+        ck = load_checkpoint(path, verify=verify)
         ck.load_optimizer(torch.optim.Adam(ck.policy.parameters(), lr=1.0))
+
+    in_memory: dict[str, torch.Tensor] = {}
 
     fns: dict[str, Callable[[], Any]] = {"torch save": torch_save, "torch load": torch_load_full, "torch tensors": lambda: torch.load(pt, weights_only=True)}
     for name, path in ours.items():
         fns[f"ours save {name}"] = lambda path=path, kw=opts[name]: _save(path, policy, opt, **kw)
         fns[f"ours load {name}"] = lambda path=path: ours_load_full(path)
-        fns[f"ours tensors {name}"] = lambda path=path: read_checkpoint(path)
-    for fn in fns.values():  # warm-up, and the files the loads read
+        fns[f"ours load, unverified {name}"] = lambda path=path: ours_load_full(path, verify=False)
+        fns[f"ours tensors {name}"] = lambda path=path: read_tensors(path)
+    fns["sha256 limit"] = lambda: tensor_checksum(in_memory)  # the hashing alone, data in memory
+    for k, fn in fns.items():  # warm-up, and the files the loads read
+        if k == "sha256 limit":
+            in_memory.update(read_tensors(ours["plain"]))
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):  # interleaved, so drifts of the machine hit every row alike
@@ -159,12 +169,15 @@ def save_load(policy: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PolicyCo
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
-    for what, torch_key in (("save", "torch save"), ("load", "torch load"), ("tensors", "torch tensors")):
+    for what, torch_key in (("save", "torch save"), ("load", "torch load"), ("load, unverified", "torch load"), ("tensors", "torch tensors")):
         for name, path in ours.items():
             rows.append({
                 "what": what, "ours": name, "ours_s": med[f"ours {what} {name}"], "torch_s": med[torch_key],
                 "ratio": med[f"ours {what} {name}"] / med[torch_key], "ours_bytes": path.stat().st_size, "torch_bytes": pt.stat().st_size,
             })
+    cost = med["ours load plain"] - med["ours load, unverified plain"]
+    rows.append({"what": "verify", "ours": "plain", "ours_s": cost, "torch_s": med["sha256 limit"], "ratio": cost / med["sha256 limit"],
+                 "ours_bytes": ours["plain"].stat().st_size, "torch_bytes": ours["plain"].stat().st_size, "reference": "sha256 of the same tensors in memory"})
     return rows
 
 
@@ -219,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         rows = save_load(atari_policy, atari_opt, ATARI, work, repeats)
         result["save_load"] = rows
-        print(f"\nSave / load, atari + Adam, median of {repeats} (ours / torch: < 1 means ours is faster)")
-        print(f"  {'':<8} {'ours':<15} {'ours s':>8} {'torch s':>8} {'ratio':>6} {'ours bytes':>12} {'torch bytes':>12}")
+        print(f"\nSave / load, atari + Adam, median of {repeats} (ours / torch: < 1 means ours is faster; the verify row: its cost / sha256 alone)")
+        print(f"  {'':<17} {'ours':<15} {'ours s':>8} {'torch s':>8} {'ratio':>6} {'ours bytes':>12} {'torch bytes':>12}")
         for r in rows:
-            print(f"  {r['what']:<8} {r['ours']:<15} {r['ours_s']:>8.3f} {r['torch_s']:>8.3f} {r['ratio']:>6.2f} {r['ours_bytes']:>12,} {r['torch_bytes']:>12,}")
+            print(f"  {r['what']:<17} {r['ours']:<15} {r['ours_s']:>8.3f} {r['torch_s']:>8.3f} {r['ratio']:>6.2f} {r['ours_bytes']:>12,} {r['torch_bytes']:>12,}")
 
         atari_ckpt = work / "ours.safetensors"
         mrows = manifest_vs_load({"plain": atari_ckpt, "zstd-3+shuffle": work / "ours_s.safetensors.zst"}, repeats)

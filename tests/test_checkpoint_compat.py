@@ -7,7 +7,8 @@ import torch
 
 from fiberlab.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from fiberlab.checkpoint.compat import check_compatibility
-from fiberlab.checkpoint.format import read_tensors, write_checkpoint
+from fiberlab.checkpoint.reader import check_file
+from fiberlab.checkpoint.format import read_header, read_tensors, write_checkpoint
 from fiberlab.config import PolicyConfig
 from fiberlab.envs.base import EnvSpec
 from fiberlab.policies import build_policy
@@ -31,7 +32,7 @@ def ckpt(tmp_path):
 
 
 def rewrite(path, out, **changes):
-    m = read_manifest(path)
+    m = read_header(path)
     for k, v in changes.items():
         m[k] = v
     t = read_tensors(path)
@@ -105,7 +106,7 @@ def test_incompatible_env_is_refused_unless_forced(ckpt, env, fragment):
 
 def test_versions_and_architecture_rules(ckpt, tmp_path):
     _, path = ckpt
-    m = read_manifest(path)
+    m = read_header(path)
     newer = check_compatibility({**m, "format_version": 99})
     assert newer.level == "INCOMPATIBLE" and any("upgrade fiberlab" in r for r in newer.recommendations)
     older = check_compatibility({**m, "format_version": 1}, path=path)
@@ -126,9 +127,11 @@ def test_checksum_detects_a_flipped_tensor_byte(ckpt, tmp_path):
     data[-3] ^= 0x40  # inside the last tensor's bytes
     bad = tmp_path / "flipped.safetensors"
     bad.write_bytes(bytes(data))
-    r = check_compatibility(read_manifest(bad), tensors=read_tensors(bad))
+    r = check_file(bad)
     assert r.level == "INCOMPATIBLE" and any("checksum mismatch" in e for e in r.errors)
-    good = check_compatibility(read_manifest(path), tensors=read_tensors(path))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(bad)
+    good = check_file(path)
     assert good.level == "FULL"
 
 
@@ -145,6 +148,7 @@ def test_cli_inspect_reads_only_the_header(cli, ckpt, tmp_path):
     cut.write_bytes(path.read_bytes()[: 8 + n + 4])
     r = cli("ckpt", "inspect", str(cut))
     assert r.returncode == 0 and "architecture mlp_lstm" in r.stdout
+    assert "will not load: tensor data is" in r.stdout  # and it says why loading fails
     with pytest.raises(CheckpointError):
         load_checkpoint(cut)
 

@@ -1,12 +1,10 @@
 """Compression of checkpoints: round trips, detection, the byte shuffle, bombs, corruption, atomicity."""
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import shutil
 import struct
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -15,13 +13,11 @@ import lz4.frame
 import pytest
 import torch
 import zstandard
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fiberlab.checkpoint import CheckpointError, compression, load_checkpoint, read_manifest, save_checkpoint
-from fiberlab.checkpoint.format import MAX_HEADER_BYTES, read_tensors
+from fiberlab.checkpoint.format import MAX_HEADER_BYTES, read_header, read_tensors
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
@@ -150,7 +146,7 @@ def test_save_checkpoint_compressed(tmp_path):
     p, opt = _policy_and_optimizer(small=True)
     path = _save(tmp_path / "r.safetensors.zst", p, opt, compress="zstd", shuffle=True)
     assert compression.detect(path) == "zstd" and [f.name for f in tmp_path.iterdir()] == [path.name]
-    assert read_manifest(path)["run"] == "r"
+    assert read_manifest(path).run == "r"
     ck = load_checkpoint(path)
     assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), ck.policy.state_dict().values()))
 
@@ -230,7 +226,7 @@ def test_decompression_bomb_is_refused(tmp_path, method):
     mb = 256 if method == "zstd" else 48  # decompresses to that many MiB past what the header declares
     bomb = _write_stream(tmp_path / f"bomb.safetensors{compression.EXTENSION_OF[method]}", method, [_bomb_header(16), bytes(16)] + [zeros] * mb)
     assert bomb.stat().st_size < 1 << 20
-    assert read_manifest(bomb)["run"] == "bomb"  # the header itself is fine
+    assert read_header(bomb)["run"] == "bomb"  # the header itself is readable
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     tracemalloc.start()
@@ -388,80 +384,3 @@ def test_bench_rows(ckpt):
     for r in rows:
         assert 0 < r["ratio"] < 1.05 and r["size"] == round(r["ratio"] * r["original"]) and r["compress_mb_s"] > 0 and r["decompress_mb_s"] > 0
         assert abs(r["saved_percent"] - 100 * (1 - r["ratio"])) < 1e-9
-
-
-# ============================================================================ fuzz
-@functools.lru_cache(maxsize=None)
-def _fuzz_sources() -> dict[str, tuple[bytes, bytes]]:
-    """name -> (file bytes, the plain bytes it decodes to), from a tiny real checkpoint."""
-    d = Path(tempfile.mkdtemp(prefix="fiberlab-fuzz-"))
-    p, opt = _policy_and_optimizer(small=True)
-    plain = _save(d / "f.safetensors", p, opt)
-    out = {"plain": (plain.read_bytes(), plain.read_bytes())}
-    for method, shuffle in [("zstd", False), ("zstd", True), ("lz4", True), ("gzip", False), ("gzip", True)]:
-        packed = compression.compress_file(plain, d / f"f{method}{shuffle}{compression.EXTENSION_OF[method]}", method=method, shuffle=shuffle)
-        out[f"{method}{'+shuffle' if shuffle else ''}"] = (packed.read_bytes(), plain.read_bytes())
-    shutil.rmtree(d)
-    return out
-
-
-@st.composite
-def _mutated(draw):
-    names = sorted(_fuzz_sources())
-    name = draw(st.sampled_from(names))
-    data = bytearray(_fuzz_sources()[name][0])
-
-    def pos() -> int:  # anywhere, or near the start (headers) or the end (checksums, trailers)
-        n = len(data)
-        return draw(st.one_of(st.integers(0, n - 1), st.integers(0, min(600, n - 1)), st.integers(max(0, n - 64), n - 1)))
-
-    for kind in draw(st.lists(st.sampled_from(["truncate", "flip", "splice", "insert", "foreign"]), min_size=1, max_size=3)):
-        if not data:
-            break
-        if kind == "truncate":
-            del data[pos():]
-        elif kind == "flip":
-            i = pos()
-            data[i] ^= draw(st.integers(1, 255))
-        elif kind == "splice":
-            i = pos()
-            data[i : i + draw(st.integers(1, 16))] = draw(st.binary(min_size=1, max_size=16))
-        elif kind == "insert":
-            i = pos()
-            data[i:i] = draw(st.binary(min_size=1, max_size=32))
-        else:  # a piece of another file
-            other = _fuzz_sources()[draw(st.sampled_from(names))][0]
-            i, j = pos(), draw(st.integers(0, len(other) - 1))
-            data[i:] = other[j:]
-    suffix = draw(st.sampled_from([".safetensors", ".safetensors.zst", ".safetensors.lz4", ".safetensors.gz"]))
-    return name, bytes(data), suffix
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(case=_mutated())
-def test_fuzz_mutated_files_give_only_checkpoint_errors(tmp_path, case):
-    name, data, suffix = case
-    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
-        path = Path(d) / f"fuzz{suffix}"
-        path.write_bytes(data)
-        _check_mutated(path)
-        assert [f.name for f in Path(d).iterdir()] == [path.name]  # nothing half-written left
-
-
-def _check_mutated(path: Path) -> None:
-    for read in (read_manifest, read_tensors):
-        try:
-            read(path)
-        except CheckpointError as e:
-            assert "\n" not in str(e) and str(e).startswith(str(path))
-    if compression.detect(path) is None:
-        return
-    out = path.with_name("out.safetensors")
-    try:
-        compression.decompress_file(path, out)
-    except CheckpointError as e:
-        assert "\n" not in str(e) and str(e).startswith(str(path))
-        assert not out.exists()
-    else:  # what decompresses at all decompresses to the untouched original: never a wrong file
-        assert out.read_bytes() in {plain for _, plain in _fuzz_sources().values()}
-        out.unlink()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint.format import read_header
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
@@ -24,8 +25,8 @@ def saved(tmp_path):
 def test_round_trip_policy_optimizer_and_manifest(saved):
     p, opt, path = saved
     m = read_manifest(path)
-    assert m["format_version"] == FORMAT_VERSION and m["checksum"].startswith("sha256:") and m["architecture"] == "mlp_lstm" and m["progress"]["agent_step"] == 99 and m["seed"] == 7
-    assert m["torch_version"] == torch.__version__.split("+")[0]
+    assert m.format_version == FORMAT_VERSION and m.checksum.startswith("sha256:") and m.architecture == "mlp_lstm" and m.progress.agent_step == 99 and m.seed == 7
+    assert m.torch_version == torch.__version__.split("+")[0]
     ck = load_checkpoint(path)
     for (k, a), (_, b) in zip(p.state_dict().items(), ck.policy.state_dict().items()):
         assert torch.equal(a, b), k
@@ -85,7 +86,7 @@ def test_unknown_architecture_in_file_is_refused(saved, tmp_path):
     _, _, path = saved
     from safetensors.torch import load_file, save_file
 
-    m = read_manifest(path)
+    m = read_header(path)
     m["architecture"] = m["policy_config"]["name"] = "evil.Module"
     bad = tmp_path / "evil.safetensors"
     save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})
@@ -101,7 +102,7 @@ def test_newer_format_version_is_refused(saved, tmp_path):
     _, _, path = saved
     from safetensors.torch import load_file, save_file
 
-    m = read_manifest(path)
+    m = read_header(path)
     m["format_version"] = 99
     bad = tmp_path / "new.safetensors"
     save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})

@@ -14,14 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from fiberlab.checkpoint import FORMAT_VERSION, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from fiberlab.checkpoint import migrate as mig
-from fiberlab.checkpoint.format import read_header, read_tensors, tensor_checksum, write_checkpoint
+from fiberlab.checkpoint.format import checksum, read_header, read_tensors, tensor_checksum, write_checkpoint
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "v1_mlp_lstm.safetensors"
+FIXTURE_V2 = ROOT / "tests" / "fixtures" / "v2_mlp_lstm.safetensors"
 
 # Small widths of each architecture (every width differs from the defaults, so inference is tested).
 FAST = dict(name="fast", obs_shape=[5, 11, 11], num_actions=4, conv_channels=[6, 7], linear=[9, 10], core_hidden=8, actor_hidden=[12], critic_hidden=[11])
@@ -142,7 +143,7 @@ def test_raw_state_dict_of_each_architecture(tmp_path, cfg):
     got = ck.policy.config.model_dump()
     assert {k: v for k, v in got.items() if k != "obs_scale"} == {k: v for k, v in expected.items() if k != "obs_scale"}
     assert got["obs_scale"] == SCALE[cfg["name"]]
-    m = read_manifest(out)
+    m = read_manifest(out).as_dict()
     assert m["format_version"] == FORMAT_VERSION and m["architecture"] == cfg["name"]
     assert m["migrated_from"] == {"path": str(src), "kind": "state_dict", "sha256": mig._sha256(src), "layout": "fiberlab"}
     assert m["env_spec"]["name"] == "unknown" and m["env_spec"]["num_actions"] == cfg["num_actions"]
@@ -161,7 +162,7 @@ def test_training_save_restores_adam_exactly(tmp_path):
     (r,) = mig.migrate(src, tmp_path / "out" / "ck.safetensors").results
     assert r.status == "migrated" and not [w for w in r.warnings if "optimizer" in w], r
     ck = load_checkpoint(tmp_path / "out" / "ck.safetensors")
-    m = ck.manifest
+    m = ck.manifest.as_dict()
     assert m["progress"] == {"epoch": 7, "agent_step": 1234, "wall_time": 5.5} and m["seed"] == 3 and m["run"] == "train"
     same_weights(ck.policy, p)
     opt2 = torch.optim.Adam(ck.policy.parameters(), lr=1.0)
@@ -189,7 +190,7 @@ def test_pufferlib_model_file_with_trainer_state(tmp_path):
     assert by_name["model_000050.pt"].status == "migrated" and by_name["model_000050.pt"].layout == "pufferlib_atari"
     assert by_name["trainer_state.pt"].status == "skipped"
     ck = load_checkpoint(run / "model_000050.safetensors")
-    m = ck.manifest
+    m = ck.manifest.as_dict()
     assert m["architecture"] == "atari" and m["policy_config"]["obs_shape"] == [1, 105, 80] and m["policy_config"]["obs_scale"] == [255.0]
     assert m["progress"]["epoch"] == 50 and m["progress"]["agent_step"] == 5000 and m["run"] == "puffrun"
     assert m["migrated_from"]["name_convention"] == "pufferlib"
@@ -219,7 +220,7 @@ def test_metta_named_file_with_fast_layout(tmp_path):
     (r,) = mig.migrate(src).results
     assert (r.status, r.layout) == ("migrated", "metta_fast"), r.reason
     ck = load_checkpoint(tmp_path / "myrun__e12__s3456__t78__sc12345.safetensors")
-    m = ck.manifest
+    m = ck.manifest.as_dict()
     assert m["run"] == "myrun" and m["progress"] == {"epoch": 12, "agent_step": 3456, "wall_time": 78.0, "score": 1.2345}
     assert m["architecture"] == "fast" and m["policy_config"]["obs_shape"] == [5, 11, 11]
     assert m["policy_config"]["obs_scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -243,7 +244,7 @@ def test_policy_record_dict_and_safetensors_state_dict(tmp_path):
     assert mig.detect_kind(rec) == mig.POLICY_RECORD and mig.detect_kind(plain) == mig.SAFETENSORS
     results = {Path(r.path).name: r for r in mig.migrate(tmp_path).results}
     assert results["rec.pt"].status == "migrated" and results["plain.safetensors"].status == "migrated"
-    assert read_manifest(tmp_path / "rec.safetensors")["progress"] == {"epoch": 4, "agent_step": 40, "wall_time": 0.0, "score": 0.5}
+    assert read_manifest(tmp_path / "rec.safetensors").as_dict()["progress"] == {"epoch": 4, "agent_step": 40, "wall_time": 0.0, "score": 0.5}
     assert results["plain.safetensors"].output == str(plain)  # in place, the original kept as .bak
     assert (tmp_path / "plain.safetensors.bak").read_bytes() == original
     same_weights(load_checkpoint(plain).policy, p)
@@ -253,10 +254,12 @@ def test_policy_record_dict_and_safetensors_state_dict(tmp_path):
 def test_v1_fixture_loads_and_migrates_in_place(tmp_path):
     stored = read_header(FIXTURE)
     assert stored["format_version"] == 1 and "checksum" not in stored
+    with pytest.raises(CheckpointError, match="no checksum recorded"):  # v1 had none: nothing vouches for its tensors
+        load_checkpoint(FIXTURE)
     with pytest.warns(UserWarning, match="format version 1 is older"):
-        old = load_checkpoint(FIXTURE)  # upgraded v1 -> v2 in memory, reported PARTIAL
+        old = load_checkpoint(FIXTURE, force=True)  # upgraded v1 -> current in memory, reported PARTIAL
     assert old.report.level == "PARTIAL" and any("fiberlab ckpt migrate" in r for r in old.report.recommendations)
-    assert old.manifest["format_version"] == FORMAT_VERSION and old.manifest["checksum"].startswith("sha256:")
+    assert old.manifest.format_version == FORMAT_VERSION and old.manifest.checksum.startswith("sha256:")
     path = tmp_path / "v1.safetensors"
     shutil.copy(FIXTURE, path)
     assert mig.detect_kind(path) == "fiberlab_v1"
@@ -268,8 +271,33 @@ def test_v1_fixture_loads_and_migrates_in_place(tmp_path):
     assert new.manifest == old.manifest  # on disk exactly what the chain gives in memory
     same_weights(new.policy, old.policy)
     assert new.optimizer_state.keys() == old.optimizer_state.keys()
-    assert tensor_checksum(read_tensors(path)) == read_manifest(path)["checksum"]
+    assert checksum(read_header(path), read_tensors(path)) == read_manifest(path).checksum
     assert mig.migrate(path).results[0].status == "skipped"
+
+
+def test_v2_fixture_is_verified_then_upgraded(tmp_path):
+    """Format 2's checksum covers the tensors only: it is verified by its own rule, then the
+    chain writes format 3's, which covers the manifest too."""
+    stored = read_header(FIXTURE_V2)
+    assert stored["format_version"] == 2 and stored["checksum"] == tensor_checksum(read_tensors(FIXTURE_V2))
+    with pytest.warns(UserWarning, match="format version 2 is older"):
+        old = load_checkpoint(FIXTURE_V2)  # verified, no force needed
+    assert old.manifest.format_version == FORMAT_VERSION and old.manifest.checksum != stored["checksum"]
+    bad = tmp_path / "v2_bad.safetensors"
+    data = bytearray(FIXTURE_V2.read_bytes())
+    data[-5] ^= 0x10  # a tensor byte
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(bad)
+    (r,) = mig.migrate(bad).results
+    assert r.status == "failed" and "checksum mismatch" in r.reason
+    path = tmp_path / "v2.safetensors"
+    shutil.copy(FIXTURE_V2, path)
+    (r,) = mig.migrate(path, backup=False).results
+    assert r.status == "migrated", r.reason
+    new = load_checkpoint(path)
+    assert new.report.level == "FULL" and new.manifest == old.manifest
+    same_weights(new.policy, old.policy)
 
 
 def test_newer_format_and_corrupt_old_file_fail(tmp_path):
@@ -449,7 +477,7 @@ def test_module_runs_as_a_subprocess(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "detected state_dict" in proc.stdout and proc.stdout.splitlines()[-1] == "1 file: 1 migrated, 0 skipped, 0 failed"
-    assert read_manifest(tmp_path / "x.safetensors")["format_version"] == FORMAT_VERSION
+    assert read_manifest(tmp_path / "x.safetensors").format_version == FORMAT_VERSION
 
 
 @pytest.mark.parametrize("argv", [[], ["--bogus", "x"], ["a", "b", "c"], ["does/not/exist.pt"], ["DIR", "FILE"]])

@@ -110,7 +110,7 @@ def test_checkpoint_round_trip_rebuilds_the_cortex_policy(tmp_path, pattern):
     (logits.square().mean() + values.square().mean()).backward()
     opt.step()
     path = save_checkpoint(tmp_path / "c.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 10, "wall_time": 1.0}, run="r", seed=1, optimizer=opt)
-    m = read_manifest(path)
+    m = read_manifest(path).as_dict()
     assert m["policy_config"]["core"] == "cortex" and m["policy_config"]["cortex_overrides"] == {"RouterConfig": {"temperature": 0.5}}
     ck = load_checkpoint(path)
     assert ck.policy.config == p.config and ck.report.level == "FULL"

@@ -26,8 +26,8 @@ def test_train_resume_eval_each_env_family(cli, tmp_path, recipe, extra):
     ckpts = list_checkpoints(run)
     assert [c[0] for c in ckpts] == [1, 2]
     m = read_manifest(ckpts[-1][2])
-    assert m["progress"]["epoch"] == 2 and m["run"] == "t" and m["env_spec"]["name"].split(".")[0] in ("popgym", "atari", "mettagrid")
-    steps_per_epoch = m["progress"]["agent_step"] // 2
+    assert m.progress.epoch == 2 and m.run == "t" and m.env_spec.name.split(".")[0] in ("popgym", "atari", "mettagrid")
+    steps_per_epoch = m.progress.agent_step // 2
     # resume: ask for 2 more epochs; counters continue from the checkpoint
     r = cli("train", *tiny(tmp_path, recipe=recipe, epochs=4, **extra))
     assert r.returncode == 0, r.stderr

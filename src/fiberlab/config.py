@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fiberlab.errors import BadInput
 
@@ -66,6 +68,15 @@ class EnvConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- policies
+def check_obs_scale(scale: list[float], obs_shape: list[int] | None) -> None:
+    """The encoder divides observations by ``obs_scale``: finite positive numbers, one for all
+    inputs or one per entry of the first observation dimension (a feature, or an image channel)."""
+    if not all(math.isfinite(s) and s > 0 for s in scale):
+        raise ValueError(f"obs_scale {scale[:8]} must hold finite positive numbers")
+    if obs_shape and len(scale) not in (1, obs_shape[0]):
+        raise ValueError(f"obs_scale has {len(scale)} values; 1 or obs_shape[0]={obs_shape[0]} are allowed")
+
+
 class PolicyConfig(StrictModel):
     """A policy is (``name``, these fields). Every hidden width is a field.
 
@@ -92,6 +103,12 @@ class PolicyConfig(StrictModel):
     obs_shape: list[int] | None = None
     num_actions: int | None = Field(None, ge=1)
     obs_scale: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _scale_fits_shape(self) -> "PolicyConfig":
+        if self.obs_scale is not None:
+            check_obs_scale(self.obs_scale, self.obs_shape)
+        return self
 
 
 # --------------------------------------------------------------------------- trainer

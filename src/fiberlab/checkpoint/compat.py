@@ -26,6 +26,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from fiberlab.checkpoint.manifest import Manifest
+
 LEVELS = ("FULL", "PARTIAL", "INCOMPATIBLE", "UNKNOWN")
 NEVER_LOGIT = -1e9  # bias of an action the checkpoint never knew: softmax gives it probability 0
 
@@ -71,8 +73,8 @@ class CompatibilityReport:
         return d
 
 
-def _names(spec: dict[str, Any], key: str) -> list[str]:
-    return [str(n) for n in spec.get(key) or []]
+def _names(names: Any) -> list[str]:
+    return [str(n) for n in names or []]
 
 
 def _map_by_name(old: list[str], new: list[str]) -> tuple[list[int | None], list[str]]:
@@ -89,18 +91,11 @@ def _map_by_name(old: list[str], new: list[str]) -> tuple[list[int | None], list
     return mapping, renames
 
 
-def _check_version(manifest: dict[str, Any], report: CompatibilityReport, where: str) -> None:
+def _check_version(manifest: Manifest, report: CompatibilityReport, where: str) -> None:
     from fiberlab.checkpoint.format import FORMAT_VERSION
 
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        report.warn("no format version recorded")
-        report.recommend(f"rewrite it in the current format: fiberlab ckpt migrate {where}")
-    elif version > FORMAT_VERSION:
-        report.error(f"format version {version} is newer than this fiberlab reads ({FORMAT_VERSION})")
-        report.recommend("upgrade fiberlab to a release that reads this format")
-    elif version < FORMAT_VERSION:
-        report.warn(f"format version {version} is older than the current {FORMAT_VERSION} (loads through the upgrade chain)")
+    if manifest.format_version < FORMAT_VERSION:
+        report.warn(f"format version {manifest.format_version} is older than the current {FORMAT_VERSION} (loads through the upgrade chain)")
         report.recommend(f"rewrite it in the current format: fiberlab ckpt migrate {where}")
 
 
@@ -108,12 +103,12 @@ def _check_version(manifest: dict[str, Any], report: CompatibilityReport, where:
 CORTEX_ONLY_FIELDS = frozenset({"pattern", "d_hidden", "num_layers", "cortex_overrides"})
 
 
-def _check_architecture(manifest: dict[str, Any], report: CompatibilityReport) -> None:
+def _check_architecture(manifest: Manifest, report: CompatibilityReport) -> None:
     from fiberlab.config import PolicyConfig
     from fiberlab.policies import ARCHITECTURES
 
-    arch = manifest.get("architecture")
-    cfg = dict(manifest.get("policy_config") or {})
+    arch = manifest.architecture
+    cfg = dict(manifest.policy_config)
     if arch not in ARCHITECTURES:
         report.error(f"architecture {arch!r} is unknown to this fiberlab (known: {', '.join(sorted(ARCHITECTURES))})")
         report.recommend("upgrade fiberlab, or load it with the fiberlab version that wrote it")
@@ -131,25 +126,27 @@ def _check_architecture(manifest: dict[str, Any], report: CompatibilityReport) -
         defaults = {k: PolicyConfig.model_fields[k].default for k in added}
         report.warn("config fields added since it was written take their defaults: " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))
     try:
-        report.policy_config = PolicyConfig.model_validate(cfg).model_dump()
+        report.policy_config = PolicyConfig.model_validate(cfg, strict=True).model_dump()  # file data: no "8" for 8
     except ValidationError as e:
         err = e.errors()[0]
-        report.error(f"policy config is invalid: {'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}")
+        shown = repr(err.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        report.error(f"policy config is invalid: {'.'.join(str(p) for p in err['loc'])}={shown}: {err['msg'].removeprefix('Value error, ')}")
 
 
-def _check_env(manifest: dict[str, Any], env: dict[str, Any], report: CompatibilityReport) -> None:
-    ck = manifest.get("env_spec") or {}
+def _check_env(manifest: Manifest, env: dict[str, Any], report: CompatibilityReport) -> None:
+    ck = manifest.env_spec
     obs_index: list[int] | None = None
     action_index: list[int | None] | None = None
-    if ck.get("name") and env.get("name") and ck["name"] != env["name"]:
-        report.warn(f"trained on {ck['name']}, the env is {env['name']}")
+    if ck.name and env.get("name") and ck.name != env["name"]:
+        report.warn(f"trained on {ck.name}, the env is {env['name']}")
     # observations
-    if list(ck.get("obs_shape") or []) != list(env["obs_shape"]):
-        report.error(f"observation shape {ck.get('obs_shape')} != env's {list(env['obs_shape'])}")
-    elif ck.get("obs_dtype") != env.get("obs_dtype"):
-        report.error(f"observation dtype {ck.get('obs_dtype')} != env's {env.get('obs_dtype')}")
+    if list(ck.obs_shape or []) != list(env["obs_shape"]):
+        report.error(f"observation shape {ck.obs_shape} != env's {list(env['obs_shape'])}")
+    elif ck.obs_dtype != env.get("obs_dtype"):
+        report.error(f"observation dtype {ck.obs_dtype} != env's {env.get('obs_dtype')}")
     else:
-        old, new = _names(ck, "feature_names"), _names(env, "feature_names")
+        old, new = _names(ck.feature_names), _names(env.get("feature_names"))
         if old != new and old and new and len(old) == len(new) == env["obs_shape"][0]:
             mapping, renames = _map_by_name(old, new)
             obs_index = [int(m) for m in mapping]  # same count: every feature is matched
@@ -160,8 +157,8 @@ def _check_env(manifest: dict[str, Any], env: dict[str, Any], report: Compatibil
         elif old != new:
             report.warn("observation feature names differ and cannot be matched one-to-one: used as they are")
     # actions
-    old_a, new_a = _names(ck, "action_names"), _names(env, "action_names")
-    n_old, n_new = int(ck.get("num_actions") or len(old_a)), int(env["num_actions"])
+    old_a, new_a = _names(ck.action_names), _names(env.get("action_names"))
+    n_old, n_new = ck.num_actions or len(old_a), int(env["num_actions"])
     if old_a == new_a and n_old == n_new:
         pass
     elif old_a and new_a and set(old_a) & set(new_a):
@@ -182,26 +179,30 @@ def _check_env(manifest: dict[str, Any], env: dict[str, Any], report: Compatibil
     else:
         report.error(f"action head of {n_old} ({', '.join(old_a) or 'unnamed'}) cannot be mapped to the env's {n_new} actions ({', '.join(new_a) or 'unnamed'})")
     if report.errors:
-        report.recommend(f"use it with the environment it was trained on ({ck.get('name')}), or train a new policy for {env.get('name')}")
+        report.recommend(f"use it with the environment it was trained on ({ck.name}), or train a new policy for {env.get('name')}")
     if obs_index is not None or action_index is not None:
         report.remap = Remap(obs_index, action_index, env)
 
 
-def check_compatibility(manifest: dict[str, Any], env_spec: Any = None, *, path: str | Path | None = None, tensors: dict[str, torch.Tensor] | None = None) -> CompatibilityReport:
-    """Judge ``manifest`` (and its ``tensors``' checksum, when given) against ``env_spec``."""
+def check_compatibility(manifest: Manifest | dict[str, Any], env_spec: Any = None, *, path: str | Path | None = None) -> CompatibilityReport:
+    """Judge ``manifest`` (a validated :class:`Manifest`, or a stored dict, validated here)
+    against ``env_spec``. A format newer than this fiberlab is INCOMPATIBLE; a manifest that fails
+    validation raises :class:`~fiberlab.checkpoint.format.CheckpointError`."""
+    from fiberlab.checkpoint.format import FormatTooNew, check_version
+    from fiberlab.checkpoint.manifest import validate_manifest
+
     report = CompatibilityReport()
     where = str(path) if path else "PATH"
+    if isinstance(manifest, dict):
+        try:
+            check_version(where, manifest)
+        except FormatTooNew as e:
+            report.error(str(e).split(": ", 1)[-1].removesuffix("; upgrade fiberlab"))
+            report.recommend("upgrade fiberlab to a release that reads this format")
+            return report.finish()
+        manifest = validate_manifest(where, manifest)
     _check_version(manifest, report, where)
     _check_architecture(manifest, report)
-    if tensors is not None:
-        from fiberlab.checkpoint.format import tensor_checksum
-
-        recorded = manifest.get("checksum")
-        if recorded is None:
-            report.warn("no checksum recorded: integrity cannot be verified")
-        elif tensor_checksum(tensors) != recorded:
-            report.error("checksum mismatch: the tensors are corrupt")
-            report.recommend("restore the file from a backup; it cannot be trusted")
     if env_spec is not None:
         env = env_spec.to_dict() if hasattr(env_spec, "to_dict") else dict(env_spec)
         _check_env(manifest, env, report)
@@ -214,7 +215,15 @@ def unknown_report(reason: str, where: str) -> CompatibilityReport:
     """UNKNOWN: not a fiberlab checkpoint we can judge (a legacy pickle, say)."""
     r = CompatibilityReport(level="UNKNOWN", errors=[reason])
     r.recommend(f"convert it first: fiberlab ckpt migrate {where}")
+    r.recommend("if it was a fiberlab checkpoint, it is damaged before its manifest: restore a copy")
     return r
+
+
+def corrupt_report(reason: str) -> CompatibilityReport:
+    """INCOMPATIBLE because the file itself is damaged or inconsistent: nothing can load it."""
+    r = CompatibilityReport(errors=[reason])
+    r.recommend("restore the file from a backup or an earlier checkpoint; it cannot be trusted as it is")
+    return r.finish()
 
 
 def _first_layer(policy: nn.Module) -> nn.Module:

@@ -50,7 +50,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import os
 import shutil
 import statistics
@@ -65,7 +64,7 @@ import lz4.frame
 import numpy as np
 import zstandard
 
-from fiberlab.checkpoint.format import MAX_HEADER_BYTES, CheckpointError
+from fiberlab.checkpoint.format import MAX_HEADER_BYTES, CheckpointError, parse_json
 
 EXTENSIONS = {".zst": "zstd", ".lz4": "lz4", ".gz": "gzip"}
 MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"\x1f\x8b": "gzip"}
@@ -120,40 +119,27 @@ def _one_line(e: BaseException) -> str:
 
 # ============================================================================ header and plan
 def _header_plan(path: Path, raw: bytes) -> tuple[int, list[tuple[str, int, int]]]:
-    """From the header JSON: the data length and ``(dtype, begin, end)`` of every tensor."""
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CheckpointError(f"{path}: corrupt checkpoint (header is not valid JSON)") from None
+    """From the header JSON: the data length and ``(dtype, begin, end)`` of every tensor, the
+    index checked by the one validator every reader uses (``manifest.validate_index``)."""
+    from fiberlab.checkpoint.manifest import validate_index
+
+    header = parse_json(raw)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt checkpoint (header is not a JSON object)")
-    tensors = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        dtype = entry.get("dtype") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1] and isinstance(dtype, str)):
-            raise CheckpointError(f"{path}: corrupt checkpoint (bad header entry for tensor {name[:80]!r})")
-        tensors.append((dtype, offsets[0], offsets[1]))
-    return max((e for _, _, e in tensors), default=0), tensors
+    index = validate_index(path, {k: v for k, v in header.items() if k != "__metadata__"}, None)
+    tensors = [(e.dtype, *e.data_offsets) for e in index.values()]
+    return max((end for _, _, end in tensors), default=0), tensors
 
 
-def _segments(path: Path, tensors: list[tuple[str, int, int]], data_len: int, shuffle: bool) -> list[tuple[int, int, int]]:
+def _segments(tensors: list[tuple[str, int, int]], data_len: int, shuffle: bool) -> list[tuple[int, int, int]]:
     """``(begin, end, k)`` pieces covering ``[0, data_len)`` in order; ``k`` > 1: shuffle by ``k``."""
     if not shuffle:
         return [(0, data_len, 1)] if data_len else []
-    out, cursor = [], 0
-    for dtype, b, e in sorted(tensors, key=lambda t: (t[1], t[2])):
-        if b == e:
-            continue
-        if b < cursor:
-            raise CheckpointError(f"{path}: corrupt checkpoint (tensors overlap in the data)")
-        if b > cursor:
-            out.append((cursor, b, 1))
-        k = FLOAT_DTYPES.get(dtype, 1)
-        out.append((b, e, k if (e - b) % k == 0 else 1))
-        cursor = e
+    out = []
+    for dtype, b, e in sorted(tensors, key=lambda t: (t[1], t[2])):  # they tile the data (validated)
+        if b < e:
+            k = FLOAT_DTYPES.get(dtype, 1)
+            out.append((b, e, k if (e - b) % k == 0 else 1))
     return out
 
 
@@ -331,7 +317,7 @@ class _Payload:
         shuffled = block > 0
         if len(peek) > data_len:
             raise self._bomb()
-        segments = _segments(self.path, self._tensors, data_len, shuffled)
+        segments = _segments(self._tensors, data_len, shuffled)
         for length, k in _pieces(segments, block):
             if peek:  # the bytes read while looking for the marker are the data's first ones
                 buf = peek + self._exact(length - len(peek), "tensor data") if length > len(peek) else peek[:length]
@@ -524,7 +510,7 @@ def _compress(src: Path, dst: Path, method: str, level: int, shuffle: bool, sync
             data_len, tensors = _header_plan(src, header[8:])
             if len(header) + data_len != size:
                 raise CheckpointError(f"{src}: corrupt checkpoint (header declares {len(header) + data_len} bytes, file has {size})")
-            segments = _segments(src, tensors, data_len, shuffle)
+            segments = _segments(tensors, data_len, shuffle)
             with open(tmp, "wb") as out:
                 enc = _Encoder(out, method, level, size + (MARKER.size if shuffle else 0))
                 enc.write(header)

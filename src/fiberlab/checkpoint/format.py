@@ -1,17 +1,19 @@
 """The fiberlab checkpoint file: one safetensors file, a JSON manifest in its header.
 
-Layout (format version 2; version 1 lacked ``checksum``, see ``versions.py``):
+Layout (format version 3; see ``versions.py`` for 1 and 2):
 - header metadata key ``fiberlab`` -> JSON manifest: ``format_version``, ``fiberlab_version``,
   ``torch_version``, ``architecture``, ``policy_config`` (full, resolved), ``env_spec``,
   ``progress`` {epoch, agent_step, wall_time}, ``run``, ``seed``, ``config`` (the run's whole
   TrainConfig), ``optimizer`` (class, param groups' hyperparameters, parameter names) and
-  ``rng`` (numpy and Python generator states), and ``checksum`` (sha256 over the tensors, see
-  :func:`tensor_checksum`).
+  ``rng`` (numpy and Python generator states), and ``checksum`` (sha256 over the tensors and the
+  rest of the manifest, see :func:`checksum`).
 - tensors: ``policy/<state_dict key>``; ``optimizer/<param index>/<state key>``; ``rng/torch``.
 
 No pickle anywhere: loading never runs code, and the architecture is rebuilt through the
-registry by name. Files are written to ``<name>.tmp`` and renamed, so a reader never sees a
-half-written checkpoint under its final name.
+registry by name. Reading validates the header into typed models first (``manifest.py``) and
+checks the tensors against a policy built on the meta device (``reader.py``) before anything is
+allocated. Files are written to ``<name>.tmp`` and renamed, so a reader never sees a half-written
+checkpoint under its final name.
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -32,13 +33,25 @@ from safetensors.torch import load_file, save_file
 
 from fiberlab.errors import BadInput
 
-FORMAT_VERSION = 2
+if TYPE_CHECKING:
+    from fiberlab.checkpoint.manifest import Manifest
+
+FORMAT_VERSION = 3
 MANIFEST_KEY = "fiberlab"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a larger claim is corruption
 
 
 class CheckpointError(BadInput):
     """A checkpoint that cannot be read: the message is one line naming the file and the fault."""
+
+
+class NotACheckpoint(CheckpointError):
+    """No fiberlab manifest could be found: not a safetensors file with our header (a legacy
+    pickle, another library's file), or one damaged before its manifest."""
+
+
+class FormatTooNew(CheckpointError):
+    """The file's format version is newer than this fiberlab reads."""
 
 
 def _version() -> str:
@@ -52,14 +65,7 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
     return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).digest()  # no copy: buffer protocol
 
 
-def tensor_checksum(tensors: dict[str, torch.Tensor], workers: int | None = None) -> str:
-    """sha256 over every tensor's name, dtype, shape and sha256 digest, in name order.
-
-    Why over tensors and not file bytes: the manifest holding the checksum lives in the file's
-    header, so it cannot cover the file itself; tensors are what a flipped byte would corrupt.
-    The per-tensor digests run on a small thread pool (hashlib releases the GIL), so hashing a
-    50 MB checkpoint costs about half of what one thread would.
-    """
+def _tensors_hash(tensors: dict[str, torch.Tensor], workers: int | None = None) -> "hashlib._Hash":
     names = sorted(tensors)
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(_tensor_digest, (tensors[n] for n in names)))
@@ -68,6 +74,36 @@ def tensor_checksum(tensors: dict[str, torch.Tensor], workers: int | None = None
         t = tensors[name]
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(digest)
+    return h
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor], workers: int | None = None) -> str:
+    """Format 2's checksum: sha256 over every tensor's name, dtype, shape and sha256 digest, in
+    name order. The per-tensor digests run on a small thread pool (hashlib releases the GIL)."""
+    return "sha256:" + _tensors_hash(tensors, workers).hexdigest()
+
+
+def canonical_manifest(manifest: dict[str, Any]) -> bytes:
+    """The manifest without its ``checksum``, as canonical JSON (sorted keys, ASCII, no spaces).
+
+    Computed from the parsed JSON, so the writer hashes exactly what a reader will parse back."""
+    rest = {k: v for k, v in manifest.items() if k != "checksum"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def checksum(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """The checksum a manifest of its ``format_version`` records for ``tensors``.
+
+    Format 3 and later: ``sha256(tensor part | canonical manifest)``, so a changed manifest field
+    (a width, ``obs_scale``, the env spec) is caught like a changed weight. Format 2 covered the
+    tensors only (:func:`tensor_checksum`). The checksum lives in the header, so it cannot cover
+    the file's bytes as such; it covers everything they mean.
+    """
+    h = _tensors_hash(tensors)
+    version = manifest.get("format_version")
+    if type(version) is int and version >= 3:
+        h.update(b"|manifest|")
+        h.update(canonical_manifest(manifest))
     return "sha256:" + h.hexdigest()
 
 
@@ -80,13 +116,13 @@ def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[s
     path = Path(path)
     # The checksum is hashed on a thread while safetensors writes (both release the GIL): the
     # header gets a placeholder of the same length, patched in place once the digest is known.
-    manifest = {**manifest, "checksum": _CHECKSUM_PLACEHOLDER}
+    text = json.dumps({**manifest, "checksum": _CHECKSUM_PLACEHOLDER})
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
-            digest = pool.submit(tensor_checksum, tensors)
-            save_file(tensors, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+            digest = pool.submit(checksum, json.loads(text), tensors)
+            save_file(tensors, str(tmp), metadata={MANIFEST_KEY: text})
             _patch_placeholder(tmp, digest.result())
         if compress is None:
             os.replace(tmp, path)
@@ -176,36 +212,51 @@ def save_checkpoint(
     return write_checkpoint(path, manifest, tensors, compress=compress, level=level, shuffle=shuffle)
 
 
-def _parse_full_header(path: Path, raw8: bytes, size: int | None, read: Callable[[int], bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(manifest, safetensors tensor index) from a header; one-line CheckpointError otherwise."""
+@dataclass
+class RawHeader:
+    """A checkpoint's header exactly as stored: nothing in it is trusted yet (see ``manifest.py``)."""
+
+    manifest: dict[str, Any]  # the ``fiberlab`` manifest, parsed JSON
+    index: dict[str, Any]  # safetensors' tensor entries, parsed JSON
+    data_len: int | None  # bytes after the header in a plain file; None when compressed
+
+
+def _parse_header(path: Path, raw8: bytes, size: int | None, read: Callable[[int], bytes]) -> RawHeader:
+    """The raw header from a stream at its start; one-line CheckpointError otherwise."""
     if len(raw8) < 8:
-        raise CheckpointError(f"{path}: not a fiberlab checkpoint (file is too short)")
+        raise NotACheckpoint(f"{path}: not a fiberlab checkpoint (file is too short)")
     (n,) = struct.unpack("<Q", raw8)
     if n > MAX_HEADER_BYTES or (size is not None and n > size - 8):
-        raise CheckpointError(f"{path}: corrupt checkpoint (header claims {n} bytes, file has {size if size is not None else 'fewer'})")
+        raise NotACheckpoint(f"{path}: corrupt checkpoint (header claims {n} bytes, file has {size if size is not None else 'fewer'})")
     data = read(n)
     if len(data) < n:
-        raise CheckpointError(f"{path}: corrupt checkpoint (header claims {n} bytes, file ends first)")
-    try:
-        header = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{path}: corrupt checkpoint (header is not valid JSON)") from None
+        raise NotACheckpoint(f"{path}: corrupt checkpoint (header claims {n} bytes, file ends first)")
+    header = parse_json(data)
+    if header is None:
+        raise NotACheckpoint(f"{path}: corrupt checkpoint (header is not valid JSON)")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or MANIFEST_KEY not in meta:
-        raise CheckpointError(f"{path}: not a fiberlab checkpoint (no '{MANIFEST_KEY}' manifest in the header)")
-    try:
-        manifest = json.loads(meta[MANIFEST_KEY])
-    except (json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{path}: corrupt checkpoint (manifest is not valid JSON)") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get(MANIFEST_KEY), str):
+        raise NotACheckpoint(f"{path}: not a fiberlab checkpoint (no '{MANIFEST_KEY}' manifest in the header)")
+    manifest = parse_json(meta[MANIFEST_KEY])
+    if manifest is None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (manifest is not valid JSON, or nested too deeply)")
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path}: corrupt checkpoint (manifest is not a JSON object)")
     index = {k: v for k, v in header.items() if k != "__metadata__"}
-    return manifest, index
+    return RawHeader(manifest, index, None if size is None else size - 8 - n)
 
 
-def read_header_and_index(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The manifest as stored (any version) and the tensor index (name -> dtype, shape,
-    data_offsets), reading only the header; a compressed file is decompressed only that far."""
+def parse_json(data: bytes | str) -> Any:
+    """Parsed JSON, or None for anything that is not (bad bytes, bad syntax, nesting too deep)."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def read_raw_header(path: str | Path) -> RawHeader:
+    """The header as stored (any version), reading only the header; a compressed file is
+    decompressed only that far."""
     from fiberlab.checkpoint import compression
 
     path = Path(path)
@@ -213,26 +264,37 @@ def read_header_and_index(path: str | Path) -> tuple[dict[str, Any], dict[str, A
         method = compression.detect(path)
         if method is not None:
             with compression.open_plain_stream(path) as f:
-                return _parse_full_header(path, f.read(8), None, f.read)
+                return _parse_header(path, f.read(8), None, f.read)
         size = path.stat().st_size
         with open(path, "rb") as f:
-            return _parse_full_header(path, f.read(8), size, f.read)
+            return _parse_header(path, f.read(8), size, f.read)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The manifest exactly as stored (any version), reading only the header."""
-    return read_header_and_index(path)[0]
+    """The manifest exactly as stored (any version, unvalidated), reading only the header."""
+    return read_raw_header(path).manifest
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of ``path`` (header only); refuses a format newer than this fiberlab."""
-    manifest = read_header(path)
-    version = manifest.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {version} is newer than this fiberlab reads ({FORMAT_VERSION}); upgrade fiberlab")
-    return manifest
+def check_version(path: str | Path, manifest: dict[str, Any]) -> int:
+    """The stored ``format_version`` if this fiberlab reads it; else a one-line CheckpointError."""
+    version = manifest.get("format_version")
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path}: invalid manifest (format_version={version!r}: an integer from 1 to {FORMAT_VERSION} is allowed)")
+    if version > FORMAT_VERSION:
+        raise FormatTooNew(f"{path}: format version {version} is newer than this fiberlab reads ({FORMAT_VERSION}); upgrade fiberlab")
+    return version
+
+
+def read_manifest(path: str | Path) -> "Manifest":
+    """The validated manifest of ``path`` as stored (header only): a typed
+    :class:`~fiberlab.checkpoint.manifest.Manifest`; CheckpointError for a bad or too new one."""
+    from fiberlab.checkpoint.manifest import validate_manifest
+
+    raw = read_header(path)
+    check_version(path, raw)
+    return validate_manifest(path, raw)
 
 
 @contextlib.contextmanager
@@ -249,7 +311,8 @@ def plain_file(path: str | Path) -> Iterator[Path]:
 
 
 def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Every tensor of ``path`` (decompressed if needed); one-line CheckpointError if corrupt."""
+    """Every tensor of ``path`` (decompressed if needed), unverified; one-line CheckpointError if
+    the file is corrupt. ``fiberlab.checkpoint.reader`` verifies them."""
     path = Path(path)
     try:
         with plain_file(path) as plain:
@@ -259,21 +322,13 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise CheckpointError(f"{path}: corrupt checkpoint ({msg})") from None
 
 
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Manifest and tensors, upgraded through the version chain to the current format."""
-    from fiberlab.checkpoint.versions import upgrade
-
-    manifest = read_manifest(path)
-    tensors = read_tensors(path, device)
-    return upgrade(manifest, tensors)
-
-
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the rebuilt policy, its manifest and the trainer state tensors."""
+    """A loaded checkpoint: the rebuilt policy, its manifest (upgraded to the current format) and
+    the trainer state tensors."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: "Manifest"
     policy: torch.nn.Module
     optimizer_state: dict[str, torch.Tensor]
     torch_rng: torch.Tensor | None
@@ -281,7 +336,7 @@ class Checkpoint:
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore ``optimizer`` (built over the same parameters in the same order)."""
-        info = self.manifest.get("optimizer")
+        info = self.manifest.optimizer
         if info is None:
             raise CheckpointError(f"{self.path}: holds no optimizer state")
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -289,53 +344,31 @@ class Checkpoint:
             idx, name = key.split("/", 1)
             state.setdefault(int(idx), {})[name] = t
         groups, start = [], 0
-        for g, n in zip(info["param_groups"], info["group_sizes"]):
+        for g, n in zip(info.param_groups, info.group_sizes):
             groups.append({**g, "params": list(range(start, start + n))})
             start += n
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False) -> Checkpoint:
-    """Load ``path``: rebuild the policy through the registry and restore its weights.
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:
+    """Load ``path``: validate it, rebuild the policy through the registry, restore its weights.
+
+    Everything is checked before anything is allocated (``fiberlab.checkpoint.reader``): the
+    manifest's types and ranges, the tensor index, and that the tensors are exactly those of the
+    architecture the manifest names. Then the tensors are read and, with ``verify`` (the default),
+    their checksum is checked; ``verify=False`` is for callers who verified the file already.
+    Weights holding NaN or infinity are refused. A file without a checksum is refused unless
+    ``force``.
 
     With ``env_spec`` (an :class:`~fiberlab.envs.base.EnvSpec` or its dict) compatibility is
     checked first: PARTIAL warns and remaps observation features and actions by name so the
     policy behaves as before; INCOMPATIBLE raises :class:`CheckpointError` with the report
     unless ``force``. A file of an older format version loads through the upgrade chain (PARTIAL).
+    Every failure is a one-line :class:`CheckpointError`.
     """
-    path = Path(path)
-    stored = read_manifest(path)
-    return checkpoint_from(path, stored, read_tensors(path, device), device, env_spec, force)
+    from fiberlab.checkpoint.reader import examine
 
-
-def checkpoint_from(path: Path, stored: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False) -> Checkpoint:
-    """Build a :class:`Checkpoint` from a manifest as stored and its tensors (see load_checkpoint)."""
-    from fiberlab.checkpoint.compat import apply_remap, check_compatibility
-    from fiberlab.checkpoint.versions import upgrade
-    from fiberlab.policies import build_policy
-
-    report = check_compatibility(stored, env_spec, path=path)
-    if report.level == "INCOMPATIBLE" and not force:
-        raise CheckpointError(f"{path}: incompatible: {'; '.join(report.errors)}")
-    if report.level == "PARTIAL":
-        warnings.warn(f"{path}: partially compatible: {'; '.join(report.warnings)}", stacklevel=3)
-    manifest, tensors = upgrade(stored, tensors)
-    try:
-        # Built on the meta device: no time spent initialising weights the file overwrites
-        # (orthogonal init of a 3.9 M-parameter net costs ~0.1 s), then filled from the file.
-        with torch.device("meta"):
-            policy = build_policy(report.policy_config or manifest["policy_config"])
-        policy = policy.to_empty(device=device)
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild the policy ({str(e).splitlines()[0]})") from None
-    weights = {k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")}
-    try:
-        policy.load_state_dict(weights, strict=True)
-        policy.refresh_buffers()
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise CheckpointError(f"{path}: weights do not fit the architecture ({lines[1] if len(lines) > 1 else lines[0]})") from None
-    if report.remap is not None:
-        policy = apply_remap(policy, report.remap)
-    opt = {k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")}
-    return Checkpoint(path, manifest, policy, opt, tensors.get("rng/torch"), report)
+    return examine(path, env_spec).load(device, force=force, verify=verify)

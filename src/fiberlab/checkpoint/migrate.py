@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import pickle
 import re
@@ -44,10 +43,11 @@ from fiberlab.checkpoint.format import (
     MANIFEST_KEY,
     MAX_HEADER_BYTES,
     CheckpointError,
+    check_version,
+    parse_json,
     read_header,
-    read_tensors,
+    read_manifest,
     save_checkpoint,
-    tensor_checksum,
     write_checkpoint,
 )
 
@@ -154,9 +154,9 @@ def _safetensors_manifest_state(path: Path) -> bool | None:
             if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
                 return None
             head = f.read(n)
-        header = json.loads(head)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except OSError:
         return None
+    header = parse_json(head)
     if not isinstance(header, dict):
         return None
     meta = header.get("__metadata__")
@@ -252,9 +252,10 @@ def _probe(path: Path, trust_pickle: bool = False) -> _Probe:
             manifest = read_header(path)
         except CheckpointError as e:
             return _Probe(UNKNOWN, reason=str(e).split(": ", 1)[-1])
-        version = manifest.get("format_version", 1)
-        if not isinstance(version, int):
-            return _Probe(UNKNOWN, manifest, reason=f"format_version {version!r} is not an integer")
+        try:
+            version = check_version(path, manifest)
+        except CheckpointError as e:
+            return _Probe(UNKNOWN, manifest, reason=str(e).split(": ", 1)[-1])
         return _Probe(FIBERLAB if version == FORMAT_VERSION else f"fiberlab_v{version}", manifest)
     if has_manifest is False:
         from safetensors.torch import load_file
@@ -529,10 +530,10 @@ def _default_output(path: Path, kind: str) -> Path:
 
 def _already_migrated(out: Path, sha: str) -> bool:
     try:
-        manifest = read_header(out)
+        manifest = read_manifest(out)
     except CheckpointError:
         return False
-    return (manifest.get("migrated_from") or {}).get("sha256") == sha
+    return (manifest.migrated_from or {}).get("sha256") == sha
 
 
 def _say(verbose: bool, msg: str) -> None:
@@ -553,7 +554,15 @@ def _migrate_one(path: Path, out: Path | None, *, backup: bool, trust_pickle: bo
 
 def _migrate_probed(path: Path, out: Path | None, probe: _Probe, result: FileResult, *, backup: bool, verbose: bool) -> FileResult:
     kind = probe.kind
-    if kind == FIBERLAB:
+    if kind == FIBERLAB:  # current, but only skipped if it would load: a corrupt file is a failure
+        try:
+            ex, _ = _examined_tensors(path)
+        except CheckpointError as e:
+            result.reason = str(e).split(": ", 1)[-1]
+            return result
+        if ex.unverified:  # removed from a current file: not for migrate to re-bless
+            result.reason = "no checksum recorded in a current-format file (removed?): load it with force=True only if you trust it"
+            return result
         result.status, result.reason = "skipped", "already current"
         return result
     if kind == TRAINER_STATE:
@@ -591,37 +600,33 @@ def _migrate_probed(path: Path, out: Path | None, probe: _Probe, result: FileRes
     return _commit(path, result, write, backup=backup)
 
 
+def _examined_tensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """What loading ``path`` would check, checksum included: (Examined, verified tensors).
+
+    CheckpointError for a damaged file or one whose policy this fiberlab cannot build."""
+    from fiberlab.checkpoint.reader import examine, read_verified_tensors
+
+    ex = examine(path)
+    if ex.policy is None:
+        raise CheckpointError(f"{path}: {'; '.join(ex.report.errors)}")
+    return ex, read_verified_tensors(ex)
+
+
 def _upgrade(path: Path, target: Path, probe: _Probe, result: FileResult, *, backup: bool, in_place: bool) -> FileResult:
     from fiberlab.checkpoint import compression
-    from fiberlab.policies import build_policy
 
-    stored = probe.manifest or {}
-    version = stored.get("format_version", 1)
-    if version > FORMAT_VERSION:
-        result.reason = f"format version {version} is newer than this fiberlab writes ({FORMAT_VERSION}); upgrade fiberlab"
-        return result
-    if version not in versions.UPGRADES:
-        result.reason = f"format version {version} is not one this fiberlab can upgrade from"
-        return result
     if not in_place and target.exists():
         result.reason = f"{target} exists: give another OUTPUT or move it"
         return result
-    try:
-        tensors = read_tensors(path)
+    try:  # the stored checksum is verified first: a new one must never bless corrupt tensors
+        ex, tensors = _examined_tensors(path)
     except CheckpointError as e:
         result.reason = str(e).split(": ", 1)[-1]
         return result
-    if "checksum" in stored and tensor_checksum(tensors) != stored["checksum"]:
-        result.reason = "checksum mismatch: the tensors are corrupt; not rewritten (a new checksum would hide it)"
-        return result
-    manifest, tensors = versions.upgrade(dict(stored), tensors)
+    if ex.unverified:
+        result.warnings.append(f"format {ex.manifest.format_version} recorded no checksum: its tensors are taken as they are and checksummed now")
+    manifest, tensors = versions.upgrade(ex.stored, tensors)
     result.layout = "fiberlab"
-    try:
-        policy = build_policy(manifest["policy_config"])
-        policy.load_state_dict({k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")}, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        result.reason = f"upgraded checkpoint does not rebuild its policy ({_first_line(e)})"
-        return result
     method = compression.detect(path)
     return _commit(path, result, lambda: write_checkpoint(target, manifest, tensors, compress=method), backup=backup)
 

@@ -3,6 +3,12 @@
 ``upgrade`` applies them in order from a file's ``format_version`` to :data:`FORMAT_VERSION`, so a
 checkpoint written by any earlier fiberlab loads, and ``fiberlab ckpt migrate`` rewrites it.
 To change the format: bump ``FORMAT_VERSION`` in ``format.py`` and add one function here.
+
+- 1 -> 2: the manifest gains ``checksum`` over the tensors.
+- 2 -> 3: the checksum covers the rest of the manifest too (``format.checksum``).
+
+Both recompute a checksum from the tensors at hand, so the caller verifies the stored one first
+(``reader.read_verified_tensors``): an upgrade must never bless corrupt tensors.
 """
 from __future__ import annotations
 
@@ -21,15 +27,25 @@ def _v1_to_v2(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
     return {**manifest, "format_version": 2, "checksum": tensor_checksum(tensors)}, tensors
 
 
-UPGRADES: dict[int, Callable[[Manifest, Tensors], tuple[Manifest, Tensors]]] = {1: _v1_to_v2}
+def _v2_to_v3(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
+    """v3's checksum covers the manifest as well as the tensors."""
+    from fiberlab.checkpoint.format import checksum
+
+    upgraded = {**manifest, "format_version": 3}
+    return {**upgraded, "checksum": checksum(upgraded, tensors)}, tensors
+
+
+UPGRADES: dict[int, Callable[[Manifest, Tensors], tuple[Manifest, Tensors]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
-    """Bring ``(manifest, tensors)`` from their version up to the current one."""
+    """Bring ``(manifest, tensors)`` from their version up to the current one.
+
+    The version must have been checked (``format.check_version``): 1 to the current one."""
     from fiberlab.checkpoint.format import FORMAT_VERSION
 
-    version = int(manifest.get("format_version", 1))
+    version = manifest["format_version"]
     while version < FORMAT_VERSION:
         manifest, tensors = UPGRADES[version](manifest, tensors)
-        version = int(manifest["format_version"])
+        version = manifest["format_version"]
     return manifest, tensors

@@ -1,0 +1,80 @@
+"""The ``fiberlab`` command line. What every command shares lives here:
+
+- :class:`Parser`: the one ``ArgumentParser`` class of the root parser and so of every subparser
+  (``add_subparsers`` makes its parsers of the parent's class): a usage mistake is one line
+  ``fiberlab: error: ... (see 'fiberlab SUB --help')``, exit code 2.
+- :func:`user_input`: marks the library calls whose ``ValueError`` is about what the user gave;
+  they become :class:`~fiberlab.errors.BadInput`, which the single handler in
+  :func:`fiberlab.cli.main.main` prints as one line.
+- :func:`count` and :func:`resolve_train_dir`: checks shared by several commands.
+
+Light on purpose: importing it must not import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from fiberlab.errors import BadInput, FiberlabError
+
+
+def one_line(text: str, fallback: str = "") -> str:
+    """The first non-empty line of ``text``, stripped (``fallback`` when there is none)."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return fallback
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without the usage block: a mistake is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        msg = " ".join(str(message).split())
+        self.exit(2, f"fiberlab: error: {msg} (see '{self.prog} --help')\n")
+
+
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """Inside, a plain ``ValueError`` means the user's input was unusable: re-raise it as BadInput.
+
+    The project's own errors pass unchanged; anything else stays an internal error.
+    """
+    try:
+        yield
+    except FiberlabError:
+        raise
+    except ValueError as e:
+        raise BadInput(one_line(str(e), type(e).__name__)) from e
+
+
+def count(flag: str, value: int | None, minimum: int = 0) -> int | None:
+    """``value`` if it is None or at least ``minimum``; else BadInput naming ``flag``."""
+    if value is not None and value < minimum:
+        allowed = "a non-negative integer" if minimum == 0 else "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise BadInput(f"bad value {value} for {flag}: {allowed} is allowed")
+    return value
+
+
+def resolve_train_dir(flag: str | None, items: list[str]) -> tuple[str | None, list[str]]:
+    """``--train-dir DIR`` and ``train_dir=DIR`` are one setting: return (DIR or None, ``items``
+    without their ``train_dir=`` entries). Given more than once with different values: BadInput."""
+    given = [("--train-dir", flag)] if flag is not None else []
+    rest = []
+    for item in items:
+        key, sep, val = item.partition("=")
+        if sep and key == "train_dir":
+            given.append((f"train_dir={val}", val))
+        else:
+            rest.append(item)
+    for spelling, val in given:
+        if not val:
+            raise BadInput(f"bad value {spelling!r}: train_dir needs a folder")
+    for spelling, val in given[1:]:
+        first, first_val = given[0]
+        if Path(val) != Path(first_val):
+            first_text = f"--train-dir {first_val}" if first == "--train-dir" else first
+            raise BadInput(f"train_dir given twice with different values ({first_text} and {spelling}): give it once")
+    return (given[0][1] if given else None), rest

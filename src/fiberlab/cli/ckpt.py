@@ -1,65 +1,71 @@
 """``fiberlab ckpt ...``: inspect, check, migrate, compress, decompress, bench. Parse, call, print.
 
-Exit codes: 0 fine; 1 ``check`` found the checkpoint INCOMPATIBLE or UNKNOWN, or some file of a
-batch failed; 2 bad input (unreadable file, bad flag).
+Exit codes: 0 fine (``inspect`` shows any header it can parse, with a "will not load" line for
+each fault); 1 ``check`` found the checkpoint INCOMPATIBLE or UNKNOWN, or some file of a batch
+failed; 2 bad input (unreadable file, bad flag).
+Errors raised here (``CheckpointError``, ``ConfigError``) reach the CLI's one handler.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+from fiberlab.cli import user_input
+from fiberlab.errors import BadInput
 
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"fiberlab: error: {msg}", file=sys.stderr)
-    return code
+def _field(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...`` of an unvalidated header, or None where any level is missing or no dict."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
 
 
 def inspect_summary(path: Path) -> dict[str, Any]:
-    """What ``ckpt inspect`` prints, from the header alone."""
-    from fiberlab.checkpoint.format import read_header_and_index
+    """What ``ckpt inspect`` prints, from the header alone, whatever the header holds: sizes of
+    the entries that are well formed, and ``problems``, one line each, that stop it loading."""
+    from fiberlab.checkpoint.reader import header_problems
+    from fiberlab.checkpoint.format import read_raw_header
+    from fiberlab.checkpoint.manifest import TensorEntry
 
-    manifest, index = read_header_and_index(path)
+    raw = read_raw_header(path)
     tensors = []
-    for name, info in sorted(index.items()):
-        start, end = info["data_offsets"]
-        tensors.append({"name": name, "shape": info["shape"], "dtype": info["dtype"], "bytes": end - start})
-    numel = lambda t: int(__import__("math").prod(t["shape"]))  # noqa: E731
+    for name, info in sorted(raw.index.items()):
+        try:
+            entry = TensorEntry.model_validate(info)
+            tensors.append({"name": name, "shape": entry.shape, "dtype": entry.dtype, "bytes": entry.nbytes, "numel": entry.numel})
+        except ValueError:  # shown as stored; header_problems says what is wrong with it
+            tensors.append({"name": name, "shape": _field(info, "shape"), "dtype": _field(info, "dtype"), "bytes": None, "numel": None})
+    sizes = lambda pred, key: sum(t[key] or 0 for t in tensors if pred(t["name"]))  # noqa: E731
     return {
         "path": str(path),
         "file_bytes": path.stat().st_size,
-        "tensor_bytes": sum(t["bytes"] for t in tensors),
-        "policy_parameters": sum(numel(t) for t in tensors if t["name"].startswith("policy/")),
-        "optimizer_bytes": sum(t["bytes"] for t in tensors if t["name"].startswith("optimizer/")),
-        "manifest": manifest,
-        "tensors": tensors,
+        "tensor_bytes": sizes(lambda n: True, "bytes"),
+        "policy_parameters": sizes(lambda n: n.startswith("policy/"), "numel"),
+        "optimizer_bytes": sizes(lambda n: n.startswith("optimizer/"), "bytes"),
+        "manifest": raw.manifest,
+        "tensors": [{k: v for k, v in t.items() if k != "numel"} for t in tensors],
+        "problems": header_problems(raw),
     }
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError
-
-    try:
-        info = inspect_summary(Path(args.path))
-    except CheckpointError as e:
-        return _fail(str(e))
+    info = inspect_summary(Path(args.path))
     if args.json:
         print(json.dumps(info))
         return 0
     m = info["manifest"]
-    prog = m.get("progress", {})
     print(f"{info['path']}: fiberlab checkpoint format v{m.get('format_version')} (fiberlab {m.get('fiberlab_version')}, torch {m.get('torch_version')})")
-    print(f"  run {m.get('run')}  epoch {prog.get('epoch')}  agent_step {prog.get('agent_step')}  seed {m.get('seed')}")
+    print(f"  run {m.get('run')}  epoch {_field(m, 'progress', 'epoch')}  agent_step {_field(m, 'progress', 'agent_step')}  seed {m.get('seed')}")
     print(f"  architecture {m.get('architecture')}  parameters {info['policy_parameters']:,}")
-    spec = m.get("env_spec") or {}
-    print(f"  env {spec.get('name')}  obs {spec.get('obs_shape')} {spec.get('obs_dtype')}  actions {spec.get('num_actions')} {spec.get('action_names')}")
+    print(f"  env {_field(m, 'env_spec', 'name')}  obs {_field(m, 'env_spec', 'obs_shape')} {_field(m, 'env_spec', 'obs_dtype')}  actions {_field(m, 'env_spec', 'num_actions')} {_field(m, 'env_spec', 'action_names')}")
     print(f"  file {info['file_bytes']:,} bytes  tensors {info['tensor_bytes']:,} bytes (optimizer {info['optimizer_bytes']:,})  checksum {m.get('checksum', 'none')}")
     for t in info["tensors"]:
-        print(f"    {t['name']:<48} {t['dtype']:<5} {str(t['shape']):<20} {t['bytes']:>12,}")
+        size = "?" if t["bytes"] is None else f"{t['bytes']:,}"
+        print(f"    {str(t['name'])[:48]:<48} {str(t['dtype'])[:5]:<5} {str(t['shape'])[:20]:<20} {size:>12}")
+    for problem in info["problems"]:
+        print(f"  will not load: {problem}")
     return 0
 
 
@@ -77,23 +83,13 @@ def env_spec_of_recipe(recipe: str):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError
-    from fiberlab.checkpoint.compat import check_compatibility, unknown_report
-    from fiberlab.checkpoint.format import read_header, read_tensors
-    from fiberlab.config import ConfigError
+    from fiberlab.checkpoint.reader import check_file
 
     path = Path(args.path)
     if not path.is_file():
-        return _fail(f"{path}: no such file")
-    try:
-        spec = env_spec_of_recipe(args.env) if args.env else None
-    except (ConfigError, ValueError) as e:
-        return _fail(str(e))
-    try:
-        manifest = read_header(path)
-        report = check_compatibility(manifest, spec, path=path, tensors=read_tensors(path))
-    except CheckpointError as e:
-        report = unknown_report(str(e), str(path))
+        raise BadInput(f"{path}: no such file")
+    spec = env_spec_of_recipe(args.env) if args.env else None
+    report = check_file(path, spec)
     if args.json:
         print(json.dumps({"path": str(path), "env": args.env, **report.to_dict()}))
     else:
@@ -128,11 +124,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from fiberlab.checkpoint import compression
 
     if not Path(args.path).exists():
-        return _fail(f"{args.path}: no such file or directory")
-    try:
+        raise BadInput(f"{args.path}: no such file or directory")
+    with user_input():  # a bad level is a ValueError of the compression module
         rows = compression.compress_path(args.path, method=args.method, level=args.level, shuffle=args.shuffle, remove_originals=args.remove_originals, recursive=args.recursive)
-    except ValueError as e:
-        return _fail(str(e))
     return _print_rows(rows)
 
 
@@ -140,19 +134,16 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from fiberlab.checkpoint import compression
 
     if not Path(args.path).exists():
-        return _fail(f"{args.path}: no such file or directory")
+        raise BadInput(f"{args.path}: no such file or directory")
     return _print_rows(compression.decompress_path(args.path, remove_originals=args.remove_originals))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError, compression
+    from fiberlab.checkpoint import compression
 
     if not Path(args.path).is_file():
-        return _fail(f"{args.path}: no such file")
-    try:
-        rows = compression.bench(args.path)
-    except CheckpointError as e:
-        return _fail(str(e))
+        raise BadInput(f"{args.path}: no such file")
+    rows = compression.bench(args.path)
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -2,22 +2,19 @@
 
 Parse, call :func:`fiberlab.experiments.cortex_eval.run_eval`, print. Several ``--pattern``
 values give one comparison table. Exit codes: 0 done; 2 bad input (unknown task or pattern, a
-non-positive size, a bad task parameter), reported as one line on stderr before anything is
-written.
+non-positive size, a bad task parameter), raised as :class:`~fiberlab.errors.BadInput` before
+anything is written and reported as one line by the handler in :func:`fiberlab.cli.main.main`.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from fiberlab.cli import user_input
+from fiberlab.errors import BadInput
 
 SIZE_FLAGS = {"d_hidden": "--d-hidden", "num_layers": "--num-layers", "seeds": "--seeds", "epochs": "--epochs",
               "samples": "--samples", "length": "--length", "chunk_size": "--chunk-size", "threads": "--threads"}
-
-
-def _fail(msg: str) -> int:
-    print(f"fiberlab: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def _positive(flag: str, text: str | None) -> int | None:
@@ -29,20 +26,20 @@ def _positive(flag: str, text: str | None) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"bad value {text!r} for {flag}: a positive integer is allowed")
+        raise BadInput(f"bad value {text!r} for {flag}: a positive integer is allowed")
     return value
 
 
 def _task_arg(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"bad --task-arg {item!r}: KEY=VALUE is allowed (e.g. tail=16)")
+        raise BadInput(f"bad --task-arg {item!r}: KEY=VALUE is allowed (e.g. tail=16)")
     for cast in (int, float):
         try:
             return key, cast(text)
         except ValueError:
             pass
-    raise ValueError(f"bad value {text!r} for task parameter {key!r}: a number is allowed")
+    raise BadInput(f"bad value {text!r} for task parameter {key!r}: a number is allowed")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -76,22 +73,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fiberlab.experiments.cortex_eval import EvalConfig, check_config, run_eval
 
     if args.task not in TASKS:
-        return _fail(f"unknown task {args.task!r}: allowed are {', '.join(TASKS)}")
-    try:
-        sizes = {name: _positive(flag, getattr(args, name)) for name, flag in SIZE_FLAGS.items()}
-        overrides = dict(_task_arg(item) for item in args.task_arg)
-        if sizes["length"] is not None:
-            overrides[TASKS[args.task].length_param] = sizes["length"]
-        configs = []
-        for pattern in args.pattern:
+        raise BadInput(f"unknown task {args.task!r}: allowed are {', '.join(TASKS)}")
+    sizes = {name: _positive(flag, getattr(args, name)) for name, flag in SIZE_FLAGS.items()}
+    overrides = dict(_task_arg(item) for item in args.task_arg)
+    if sizes["length"] is not None:
+        overrides[TASKS[args.task].length_param] = sizes["length"]
+    configs = []
+    for pattern in args.pattern:
+        with user_input():
             cfg = EvalConfig(task=args.task, pattern=pattern, task_overrides=overrides, chunk_size=sizes["chunk_size"], device=args.device,
                              **{k: v for k, v in sizes.items() if v is not None and k not in ("length", "chunk_size")})
-            check_config(cfg)  # every pattern is checked before the first one trains
-            configs.append(cfg)
-    except ValueError as e:
-        return _fail(str(e).splitlines()[0])
-    except ImportError as e:  # a cell module missing from this install
-        return _fail(f"pattern needs a cell that cannot be imported: {e}")
+            try:
+                check_config(cfg)  # every pattern is checked before the first one trains
+            except ImportError as e:  # a cell module missing from this install
+                raise BadInput(f"pattern {pattern!r} needs a cell that cannot be imported: {e}") from e
+        configs.append(cfg)
     rows = []
     for cfg in configs:
         summary = run_eval(cfg, args.out, log=lambda line: print(line, flush=True))
@@ -107,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cortex", help="cortex memory backbones: fiberlab cortex eval --task TASK --pattern P [P ...]")
     csub = p.add_subparsers(dest="cortex_command", required=True)
-    e = csub.add_parser("eval", help="train stacks on a synthetic memory task over seeds; print accuracy ± 95% CI")
+    e = csub.add_parser("eval", help="train stacks on a synthetic memory task over seeds; print accuracy ± 95%% CI")
     e.add_argument("--task", required=True, help="delayed_recall, majority, majority_headpad, dyck, two_needle_xor, assoc_recall")
     e.add_argument("--pattern", required=True, nargs="+", help="one or more patterns, e.g. --pattern L A AgSA")
     e.add_argument("--d-hidden", dest="d_hidden", default="128", help="stack width (default 128)")

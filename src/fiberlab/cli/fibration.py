@@ -1,30 +1,42 @@
-"""``fiberlab collapse | ablate | continue | scratch | fibers | compare | pipeline``: parse, call fiberlab.fibration.workflow, print JSON."""
+"""``fiberlab collapse | ablate | continue | scratch | fibers | compare | pipeline``: parse, call fiberlab.fibration.workflow, print JSON.
+
+Errors go up to the one handler in :func:`fiberlab.cli.main.main`. ``--train-dir DIR`` and a
+``train_dir=DIR`` override are the same setting here, as in ``fiberlab train``: the folder the
+source runs are read from and the new runs are written to.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from fiberlab.cli import count, resolve_train_dir, user_input
+from fiberlab.errors import BadInput
 
-def _fail(msg: str) -> int:
-    print(f"fiberlab: error: {msg}", file=sys.stderr)
-    return 2
+DEFAULT_TRAIN_DIR = "./train_dir"
 
 
 def _thresholds(args: argparse.Namespace):
     from fiberlab.fibration.workflow import parse_thresholds
 
-    return parse_thresholds(args.threshold, args.linear_thr, args.cnn_thr, args.lstm_thr, args.critic_thr)
+    with user_input():
+        return parse_thresholds(args.threshold, args.linear_thr, args.cnn_thr, args.lstm_thr, args.critic_thr)
+
+
+def _train_dir(args: argparse.Namespace) -> str:
+    """Merge ``--train-dir`` and ``train_dir=`` (taken out of ``args.overrides``)."""
+    train_dir, args.overrides = resolve_train_dir(args.train_dir, list(getattr(args, "overrides", [])))
+    return train_dir or DEFAULT_TRAIN_DIR
+
+
+def _source_checks(args: argparse.Namespace) -> None:
+    count("--epoch", args.epoch)
+    count("--eval-episodes", args.eval_episodes)
 
 
 def _run(fn, args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError
-    from fiberlab.config import ConfigError
-
-    try:
-        result = fn(args)
-    except (ValueError, ConfigError, CheckpointError) as e:
-        return _fail(str(e).splitlines()[0])
+    train_dir = _train_dir(args)
+    with user_input():
+        result = fn(args, train_dir)
     for row in result if isinstance(result, list) else [result]:
         print(json.dumps({k: row.get(k) for k in ("run", "kind", "source_run", "source_epoch", "source_agent_step", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw")}))
     return 0
@@ -33,47 +45,49 @@ def _run(fn, args: argparse.Namespace) -> int:
 def cmd_collapse(args: argparse.Namespace) -> int:
     from fiberlab.fibration.workflow import collapse_run
 
-    return _run(lambda a: collapse_run(a.train_dir, a.run, _thresholds(a), a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
+    _source_checks(args)
+    thr = _thresholds(args)
+    return _run(lambda a, td: collapse_run(td, a.run, thr, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from fiberlab.fibration.workflow import ablate_run
 
-    if args.draws < 1:
-        return _fail(f"bad value {args.draws} for --draws: a positive integer is allowed")
-    return _run(lambda a: ablate_run(a.train_dir, a.run, _thresholds(a), a.epoch, a.overrides, draws=a.draws, eval_episodes=a.eval_episodes), args)
+    _source_checks(args)
+    count("--draws", args.draws, minimum=1)
+    thr = _thresholds(args)
+    return _run(lambda a, td: ablate_run(td, a.run, thr, a.epoch, a.overrides, draws=a.draws, eval_episodes=a.eval_episodes), args)
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
     from fiberlab.fibration.workflow import continue_run
 
-    return _run(lambda a: continue_run(a.train_dir, a.run, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
+    _source_checks(args)
+    return _run(lambda a, td: continue_run(td, a.run, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
 
 
 def cmd_scratch(args: argparse.Namespace) -> int:
     from fiberlab.fibration.workflow import scratch_run
 
-    return _run(lambda a: scratch_run(a.train_dir, a.like, a.overrides), args)
+    return _run(lambda a, td: scratch_run(td, a.like, a.overrides), args)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError
-    from fiberlab.config import ConfigError
     from fiberlab.experiments.fibration_pipeline import run_pipeline
 
     if args.name != "fibration":
-        return _fail(f"unknown pipeline {args.name!r}: allowed is fibration")
-    if args.seeds < 1:
-        return _fail(f"bad value {args.seeds} for --seeds: a positive integer is allowed")
-    if args.jobs < 1:
-        return _fail(f"bad value {args.jobs} for --jobs: a positive integer is allowed")
+        raise BadInput(f"unknown pipeline {args.name!r}: allowed is fibration")
+    count("--seeds", args.seeds, minimum=1)
+    count("--jobs", args.jobs, minimum=1)
+    count("--eval-episodes", args.eval_episodes)
     if not 0.0 < args.retrain_fraction <= 10.0:
-        return _fail(f"bad value {args.retrain_fraction} for --retrain-fraction: (0, 10] is allowed")
-    try:
-        thr = _thresholds(args)
-        res = run_pipeline(args.recipe, args.overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
-    except (ValueError, ConfigError, CheckpointError) as e:
-        return _fail(str(e).splitlines()[0])
+        raise BadInput(f"bad value {args.retrain_fraction} for --retrain-fraction: (0, 10] is allowed")
+    train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
+    if train_dir is not None:
+        overrides.append(f"train_dir={train_dir}")
+    thr = _thresholds(args)
+    with user_input():
+        res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
     for stage, runs in res.runs.items():
         print(f"{stage:<10} {', '.join(runs)}")
     if res.skipped:
@@ -86,11 +100,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_fibers(args: argparse.Namespace) -> int:
     from fiberlab.experiments.fibers_over_time import write_fibers_over_time
 
-    try:
-        thr = _thresholds(args)
-        csv, png = write_fibers_over_time(f"{args.train_dir}/{args.run}", thr)
-    except ValueError as e:
-        return _fail(str(e).splitlines()[0])
+    train_dir = _train_dir(args)
+    if args.overrides:
+        raise BadInput(f"unknown argument {args.overrides[0]!r}: fibers takes train_dir=DIR only")
+    thr = _thresholds(args)
+    with user_input():
+        csv, png = write_fibers_over_time(f"{train_dir}/{args.run}", thr)
     print(f"csv: {csv}\npng: {png}")
     return 0
 
@@ -98,12 +113,19 @@ def cmd_fibers(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fiberlab.experiments.compare import compare_runs
 
-    try:
-        png, csv, md = compare_runs([f"{args.train_dir}/{r}" if "/" not in r else r for r in args.runs], args.out)
-    except ValueError as e:
-        return _fail(str(e).splitlines()[0])
+    train_dir, runs = resolve_train_dir(args.train_dir, args.runs)  # a train_dir=DIR among the runs
+    train_dir = train_dir or DEFAULT_TRAIN_DIR
+    if not runs:
+        raise BadInput("no runs given: name at least one run (under --train-dir) or run folder")
+    if not args.out.lower().endswith(".png"):
+        raise BadInput(f"bad value {args.out!r} for --out: a FILE.png path is allowed")
+    with user_input():
+        png, csv, md = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
     print(f"png: {png}\ncsv: {csv}\nmd:  {md}")
     return 0
+
+
+TRAIN_DIR_HELP = "the folder runs are read from and written to (the same as train_dir=DIR; default ./train_dir)"
 
 
 def _thr_args(p: argparse.ArgumentParser) -> None:
@@ -117,9 +139,9 @@ def _source_args(p: argparse.ArgumentParser, thresholds: bool = True) -> None:
     p.add_argument("--epoch", type=int, help="checkpoint epoch (closest one; ties: the earlier; default: latest)")
     if thresholds:
         _thr_args(p)
-    p.add_argument("--train-dir", default="./train_dir")
+    p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
     p.add_argument("--eval-episodes", type=int, default=32, help="episodes for the zero-shot returns (0: skip)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the new run (trainer.total_timesteps = steps to train)")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the new run (trainer.total_timesteps = steps to train)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -135,19 +157,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_continue)
     p = sub.add_parser("scratch", help="train a fresh policy with a collapsed run's widths")
     p.add_argument("--like", required=True, help="the collapsed run")
-    p.add_argument("--train-dir", default="./train_dir")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the new run")
     p.set_defaults(func=cmd_scratch)
     p = sub.add_parser("fibers", help="fiber counts per layer at every checkpoint of a run (CSV and PNG)")
     p.add_argument("--run", required=True)
-    p.add_argument("--train-dir", default="./train_dir")
+    p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
+    p.add_argument("overrides", nargs="*", default=[], metavar="train_dir=DIR", help="the same as --train-dir")
     _thr_args(p)
     p.set_defaults(func=cmd_fibers)
     p = sub.add_parser("compare", help="return against agent steps of several runs: PNG, CSV and markdown table")
-    p.add_argument("runs", nargs="+", help="run names (under --train-dir) or run folders")
-    p.add_argument("--out", required=True, help="FILE.png")
-    p.add_argument("--train-dir", default="./train_dir")
-    p.set_defaults(func=cmd_compare)
+    p.add_argument("runs", nargs="+", help="run names (under --train-dir) or run folders; train_dir=DIR is the same as --train-dir")
+    p.add_argument("--out", required=True, help="FILE.png (FILE.csv and FILE.md are written next to it)")
+    p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
+    p.set_defaults(func=cmd_compare, _kv_into="runs")  # a train_dir=DIR after --out joins the runs
     p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, original continued, collapse, ablation, scratch, compare (resumable)")
     p.add_argument("name", help="fibration")
     p.add_argument("recipe")
@@ -155,6 +178,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--retrain-fraction", type=float, default=0.5, help="steps of each retraining as a fraction of the baseline's")
     p.add_argument("--eval-episodes", type=int, default=32)
+    p.add_argument("--train-dir", help="where the runs go (the same as train_dir=DIR; default ./train_dir)")
     p.add_argument("--jobs", type=int, default=2, help="independent runs trained at once, each in its own process (default 2: one per core of a laptop)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the baseline (run=NAME names the experiment)")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the baseline (run=NAME names the experiment)")
     p.set_defaults(func=cmd_pipeline)

@@ -1,20 +1,27 @@
 """The ``fiberlab`` command line: parse, call the library, print. No logic of its own.
 
-Exit codes: 0 success, 1 training stopped (diverged), 2 bad input (recipe, key, value, file).
+Errors have one path: commands raise (the library's :class:`~fiberlab.errors.FiberlabError`
+kinds, ``OSError``) and :func:`main` alone turns that into one line ``fiberlab: error: ...`` on
+stderr and an exit code. Exit codes: 0 success; 1 the work failed (training diverged, a batch had
+failures, an OS error such as a full disk); 2 bad input (recipe, key, value, flag, path, file);
+130 interrupted. Any other exception is a bug: one line ``fiberlab: internal error: ...``, exit 1,
+and with ``FIBERLAB_DEBUG=1`` every error is raised again with its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
-from pathlib import Path
 
-from fiberlab.config import ConfigError, TrainConfig, apply_overrides
+from fiberlab.cli import Parser, one_line, resolve_train_dir, user_input
+from fiberlab.config import TrainConfig, apply_overrides
+from fiberlab.errors import BadInput, FiberlabError, OperationFailed
 
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"fiberlab: error: {msg}", file=sys.stderr)
-    return code
+PROG = "fiberlab"
+# OS errors about a path the user gave (exit 2); any other OS error (disk full, I/O error) is 1
+USER_PATH_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
 
 
 def cmd_recipes(_: argparse.Namespace) -> int:
@@ -28,27 +35,26 @@ def cmd_recipes(_: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import CheckpointError
     from fiberlab.experiments.plots import plot_learning_curve
     from fiberlab.recipes import get_recipe
     from fiberlab.rl.ppo import TrainingDiverged
     from fiberlab.rl.trainer import Trainer
 
-    try:
-        cfg = apply_overrides(get_recipe(args.recipe), args.overrides)
+    train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
+    if train_dir is not None:
+        overrides.append(f"train_dir={train_dir}")
+    with user_input():
+        cfg = apply_overrides(get_recipe(args.recipe), overrides)
         trainer = Trainer(cfg)
-    except (ConfigError, ValueError) as e:
-        return _fail(str(e))
     try:
-        result = trainer.train()
+        with user_input():  # e.g. a run name taken by a run with another policy config
+            result = trainer.train()
     except TrainingDiverged as e:
         from fiberlab.rl.run_dir import list_checkpoints
 
         ckpts = list_checkpoints(trainer.run_dir)
         last = ckpts[-1][2] if ckpts else "none"
-        return _fail(f"{e}; last good checkpoint: {last}", 1)
-    except (ValueError, CheckpointError) as e:
-        return _fail(str(e))
+        raise OperationFailed(f"{one_line(str(e))}; last good checkpoint: {last}") from e
     if not trainer.dist.is_main:
         return 0
     curve = plot_learning_curve(result.run_dir)
@@ -60,48 +66,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from fiberlab.checkpoint import CheckpointError, read_manifest
-    from fiberlab.checkpoint.format import checkpoint_from, read_tensors
-    from fiberlab.config import EnvConfig
-    from fiberlab.envs import make_vecenv
-    from fiberlab.rl.evaluate import evaluate
-    from fiberlab.rl.trainer import resolve_device
-
     episodes, flags, rest = 10, {"greedy": False, "force": False}, []
     for item in args.overrides:
         key, _, val = item.partition("=")
         if key == "episodes":
             if not val.isdigit() or int(val) < 1:
-                return _fail(f"bad value {val!r} for 'episodes': a positive integer is allowed")
+                raise BadInput(f"bad value {val!r} for 'episodes': a positive integer is allowed")
             episodes = int(val)
         elif key in flags:
             if val not in ("true", "false"):
-                return _fail(f"bad value {val!r} for {key!r}: true or false is allowed")
+                raise BadInput(f"bad value {val!r} for {key!r}: true or false is allowed")
             flags[key] = val == "true"
         else:
             rest.append(item)
-    try:
-        stored = read_manifest(args.checkpoint)
-        tensors = read_tensors(args.checkpoint)  # a corrupt file is reported before anything else
-        if stored.get("config"):
-            cfg = TrainConfig.model_validate(stored["config"])
-        else:  # converted files do not know their env: it must be named
-            cfg = TrainConfig(env=EnvConfig(name=stored.get("env_spec", {}).get("name") or "unknown"))
+    import torch
+
+    from fiberlab.checkpoint import examine, load_checkpoint
+    from fiberlab.config import EnvConfig
+    from fiberlab.envs import make_vecenv
+    from fiberlab.rl.evaluate import evaluate
+    from fiberlab.rl.trainer import resolve_device
+
+    with user_input():
+        manifest = examine(args.checkpoint).manifest  # a damaged header is reported before anything else
+        cfg = manifest.run_config(args.checkpoint)
+        if cfg is None:  # converted files do not know their env: it must be named
+            cfg = TrainConfig(env=EnvConfig(name=manifest.env_spec.name or "unknown"))
             if not any(item.startswith("env.name=") for item in rest):
-                return _fail(f"{args.checkpoint}: records no run config (a migrated file?): name the env with env.name=FAMILY.NAME")
+                raise BadInput(f"{args.checkpoint}: records no run config (a migrated file?): name the env with env.name=FAMILY.NAME")
         cfg = apply_overrides(cfg, rest)
         device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.trainer.torch_threads)
         env = make_vecenv(cfg.env, cfg.seed + 12_345)
-        try:
-            ck = checkpoint_from(Path(args.checkpoint), stored, tensors, env_spec=env.spec, force=flags["force"])
-        except CheckpointError:
+        try:  # validated, verified (checksum, finite weights) and judged against this env
+            ck = load_checkpoint(args.checkpoint, env_spec=env.spec, force=flags["force"])
+        except BaseException:
             env.close()
             raise
-    except (CheckpointError, ConfigError, ValueError) as e:
-        return _fail(str(e))
     policy = ck.policy.to(device).eval()
     with env:
         result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=flags["greedy"])
@@ -110,15 +111,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fiberlab", description="Train recurrent PPO agents, then make them smaller.")
+    p = Parser(prog=PROG, description="Train recurrent PPO agents, then make them smaller.",
+               epilog="Errors: one line on stderr; exit 2 bad input, 1 failed work, 130 interrupted. FIBERLAB_DEBUG=1 shows tracebacks.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a recipe: fiberlab train RECIPE [key.sub=value ...]")
     t.add_argument("recipe")
-    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.total_timesteps=200000")
+    t.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides, e.g. trainer.total_timesteps=200000")
+    t.add_argument("--train-dir", help="where runs are written (the same as train_dir=DIR; default ./train_dir)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a checkpoint: fiberlab eval CHECKPOINT [episodes=N] [greedy=true] [force=true] [key=value ...]")
     e.add_argument("checkpoint")
-    e.add_argument("overrides", nargs="*")
+    e.add_argument("overrides", nargs="*", default=[])
     e.set_defaults(func=cmd_eval)
     r = sub.add_parser("recipes", help="list the named recipes")
     r.set_defaults(func=cmd_recipes)
@@ -131,11 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     from fiberlab.cli.cortex import add_parser as add_cortex_parser
 
     add_cortex_parser(sub)
+    _remember_parsers(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Every parser records itself (the innermost one parsed wins), so a late error can name its
+    subcommand's ``--help``."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _remember_parsers(child)
+
+
+def _run(argv: list[str]) -> int:
     if argv[:2] == ["ckpt", "migrate"]:  # its own parser, so flags may come before INPUT
         from fiberlab.checkpoint import migrate
 
@@ -143,11 +156,63 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow flags that come after other positionals
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
+    into = getattr(args, "_kv_into", "overrides")
+    if extra and hasattr(args, into) and all("=" in e and not e.startswith("-") for e in extra):
+        setattr(args, into, [*getattr(args, into), *extra])
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
+
+
+def _debug() -> bool:
+    return os.environ.get("FIBERLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _say(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _os_error(e: OSError) -> tuple[str, int]:
+    """One line naming the path, and the exit code: 2 for a path the user gave, else 1."""
+    what = e.strerror or one_line(str(e), type(e).__name__)
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    code = 2 if isinstance(e, USER_PATH_ERRORS) or e.errno == errno.EROFS else 1
+    return (f"{' -> '.join(paths)}: {what}" if paths else what), code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI's one error handler: every command, ``python -m fiberlab`` and the console script
+    run through here. Returns the exit code (argparse's ``SystemExit`` included)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except SystemExit as e:  # argparse (--help: 0, a usage mistake: 2) or a command's own exit
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        _say(f"error: {one_line(str(e.code))}")
+        return 1
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        _say("interrupted")
+        return 130
+    except FiberlabError as e:
+        if _debug():
+            raise
+        _say(f"error: {one_line(str(e), type(e).__name__)}")
+        return e.exit_code
+    except OSError as e:
+        if _debug():
+            raise
+        msg, code = _os_error(e)
+        _say(f"error: {msg}")
+        return code
+    except Exception as e:
+        if _debug():
+            raise
+        detail = one_line(str(e))
+        _say(f"internal error: {type(e).__name__}{': ' + detail if detail else ''} (set FIBERLAB_DEBUG=1 for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from torch import nn
 
 from fiberlab.config import TrainerConfig
 from fiberlab.cortex.base import map_state
+from fiberlab.errors import OperationFailed
 from fiberlab.rl.rollout import Rollout
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says at which epoch and minibatch."""
+class TrainingDiverged(OperationFailed, RuntimeError):
+    """The loss became NaN or infinite; the message says at which epoch and minibatch (exit code 1)."""
 
 
 @dataclass

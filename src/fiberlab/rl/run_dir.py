@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fiberlab.atomic import write_json_atomic
 from fiberlab.config import TrainConfig
+from fiberlab.errors import BadInput
 
 CKPT_RE = re.compile(r"^(?P<run>.+)__e(?P<epoch>\d+)__s(?P<step>\d+)\.safetensors$")
 
@@ -58,6 +59,38 @@ def truncate_metrics(run_dir: Path, epoch: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
+
+
+def make_run_dir(run_dir: Path, train_dir: str | Path) -> list[Path]:
+    """Create ``run_dir`` (and the missing folders above it) before any work starts; return the
+    folders this call created, deepest last, so :func:`remove_made_dirs` can take them back.
+
+    A ``train_dir`` that cannot hold runs (a file, a folder one may not write, a path under
+    ``/proc``) is a :class:`~fiberlab.errors.BadInput` naming it; nothing is created then.
+    """
+    run_dir = Path(run_dir)
+    missing = []
+    p = run_dir
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_made_dirs(list(reversed(missing)))
+        reason = e.strerror or str(e)
+        where = f" ({e.filename})" if e.filename and Path(e.filename) not in (Path(train_dir), run_dir) else ""
+        raise BadInput(f"bad value {str(train_dir)!r} for train_dir: cannot create {run_dir}{where}: {reason}; a folder you can write is allowed") from e
+    return list(reversed(missing))
+
+
+def remove_made_dirs(made: list[Path]) -> None:
+    """Remove the folders :func:`make_run_dir` created, deepest first, if they are still empty."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def save_config(run_dir: Path, cfg: TrainConfig) -> Path:

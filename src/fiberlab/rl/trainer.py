@@ -5,6 +5,8 @@ Read top to bottom like CleanRL: :meth:`Trainer.train` is the whole algorithm; t
 """
 from __future__ import annotations
 
+import copy
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from fiberlab.rl.advantages import compute_gae
 from fiberlab.rl.logging import MetricsLogger, Progress
 from fiberlab.rl.ppo import ppo_update
 from fiberlab.rl.rollout import RolloutCollector
-from fiberlab.rl.run_dir import checkpoint_name, default_run_name, list_checkpoints, save_config, start_over, truncate_metrics
+from fiberlab.rl.run_dir import checkpoint_name, default_run_name, list_checkpoints, make_run_dir, remove_made_dirs, save_config, start_over, truncate_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,23 +90,31 @@ class Trainer:
         return env, env_seed, policy, optimizer
 
     def _resume(self, policy, optimizer) -> tuple[int, int, float, Path | None]:
-        """Load the newest readable checkpoint; return (epoch, agent_step, wall_time, path)."""
+        """Load the newest checkpoint that loads whole (policy, optimizer, RNG); a damaged one is
+        skipped with a line saying why. Returns (epoch, agent_step, wall_time, path)."""
+        fresh = copy.deepcopy(policy.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state()
         for epoch, step, path in reversed(list_checkpoints(self.run_dir)):
             try:
                 ck = load_checkpoint(path, self.device)
+                if ck.policy.config != policy.config:
+                    raise ValueError(f"run {self.cfg.run!r} exists with a different policy config; use resume=false to start over or another run name")
+                policy.load_state_dict(ck.policy.state_dict())
+                if ck.manifest.optimizer is not None:
+                    ck.load_optimizer(optimizer)
+                if ck.torch_rng is not None:
+                    try:
+                        torch.set_rng_state(ck.torch_rng.cpu())
+                    except RuntimeError as e:
+                        raise CheckpointError(f"{path}: its torch RNG state does not fit this torch ({str(e).splitlines()[0]})") from None
             except CheckpointError as e:
+                policy.load_state_dict(fresh[0])  # nothing of a half-restored checkpoint stays
+                optimizer.load_state_dict(copy.deepcopy(fresh[1]))
+                torch.set_rng_state(fresh[2])
                 if self.dist.is_main:
                     print(f"skipping unreadable checkpoint: {e}")
                 continue
-            if ck.policy.config != policy.config:
-                raise ValueError(f"run {self.cfg.run!r} exists with a different policy config; use resume=false to start over or another run name")
-            policy.load_state_dict(ck.policy.state_dict())
-            if ck.manifest.get("optimizer"):
-                ck.load_optimizer(optimizer)
-            if ck.torch_rng is not None:
-                torch.set_rng_state(ck.torch_rng.cpu())
-            prog = ck.manifest["progress"]
-            return prog["epoch"], prog["agent_step"], prog.get("wall_time", 0.0), path
+            prog = ck.manifest.progress
+            return prog.epoch, prog.agent_step, float(prog.wall_time), path
         return 0, self.initial_agent_step, 0.0, None
 
     # ------------------------------------------------------------------ loop
@@ -112,8 +122,14 @@ class Trainer:
         cfg, tc, is_main = self.cfg, self.cfg.trainer, self.dist.is_main
         if is_main and not cfg.resume and self.run_dir.exists():
             start_over(self.run_dir)
+        # a train_dir that cannot hold the run is reported now, before any work, not at the first write
+        made = make_run_dir(self.run_dir, cfg.train_dir) if is_main else []
         dist_utils.barrier(self.dist)  # no rank may read checkpoints rank 0 is deleting
-        env, env_seed, policy, optimizer = self._build()
+        try:
+            env, env_seed, policy, optimizer = self._build()
+        except BaseException:
+            remove_made_dirs(made)  # a failed start leaves no empty run folder behind
+            raise
         cfg = self.cfg
         epoch, agent_step, wall_before, last_ckpt = self._resume(policy, optimizer) if cfg.resume else (0, self.initial_agent_step, 0.0, None)
         if is_main:
