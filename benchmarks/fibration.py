@@ -10,12 +10,15 @@ The reference, measured in the same run, is the method written the plain way (fi
 sections 1-2): per layer the fiber-summed rows via one-hot matmuls, the full square cosine
 distance matrix (``scipy.spatial.distance.cdist``), ``squareform``, ``linkage(method="average")``,
 ``fcluster``; the LSTM's 4H gate rows recomputed and reclustered for a fixed 5 rounds, as the
-original did. Its time includes the same ``collapse`` call. Lines printed per setting:
+original did (``reference_fibers(..., lstm_rounds=None)`` instead iterates as find_fibers does,
+cycle detection and refinement included: the tests compare the two that way). Its time includes
+the same ``collapse`` call. Lines printed per setting:
 
     <arch>/<weights>/<thresholds>: ours <s> s, reference <s> s, reference / ours: <x>  target <s> s: met|MISSED
 
 plus whether both found the same fibers (they must, whenever our fixed point is reached within
-the reference's 5 rounds). Targets (2 cores): atari under 3 s, fast under 1 s. Median of
+the reference's 5 rounds) and how our LSTM iteration ended (converged, or cycle period and
+refinement rounds). Targets (2 cores): atari under 3 s, fast under 1 s. Median of
 ``--repeats`` runs, ours and reference interleaved.
 
 Usage::
@@ -98,22 +101,49 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-def _ref_lstm(lstm: torch.nn.LSTM, colors: np.ndarray, thr: float, rounds: int | None) -> tuple[np.ndarray, int]:
+def _ref_meet(*labels: np.ndarray) -> np.ndarray:
+    return _ref_canonical(np.unique(np.stack(labels, 1), axis=0, return_inverse=True)[1].ravel())
+
+
+def _ref_lstm(lstm: torch.nn.LSTM, colors: np.ndarray, thr: float, rounds: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     """Rows [W_ih P_in^T | W_hh P_h^T | b_ih + b_hh] rebuilt and reclustered every round; a fixed
-    number of rounds, or (``rounds=None``) until h and c stop changing, as find_fibers does."""
+    number of rounds, or (``rounds=None``) as find_fibers does: until h and c stop changing, and
+    when a state (h, c) repeats an earlier one (a cycle), rounds of h <- meet(h, o, c'),
+    c <- c' = meet(i, f, g, c) from the meet of the cycle's h until nothing changes.
+    Returns h and the ``Fibers`` LSTM fields."""
     H = lstm.hidden_size
-    h = np.zeros(H, dtype=np.int64)
-    c = np.zeros(H, dtype=np.int64)
     bias = (_np(lstm.bias_ih_l0) + _np(lstm.bias_hh_l0))[:, None]
-    for r in range(1, (rounds or 50) + 1):
+
+    def gates(h: np.ndarray) -> np.ndarray:
         rows = np.hstack([_np(lstm.weight_ih_l0) @ _ref_one_hot(colors).T, _np(lstm.weight_hh_l0) @ _ref_one_hot(h).T, bias])
-        g = _ref_cluster(rows, thr).reshape(4, H)
-        c_new = _ref_canonical(np.unique(np.stack([g[0], g[1], g[2], c], 1), axis=0, return_inverse=True)[1].ravel())
-        h_new = _ref_canonical(np.unique(np.stack([g[3], c_new], 1), axis=0, return_inverse=True)[1].ravel())
-        if rounds is None and np.array_equal(h_new, h) and np.array_equal(c_new, c):
-            return h, r
+        return _ref_cluster(rows, thr).reshape(4, H)
+
+    h = c = np.zeros(H, dtype=np.int64)
+    states = [(h, c)]
+    cycle = None
+    for r in range(1, (rounds or 50) + 1):
+        g = gates(h)
+        c = _ref_meet(g[0], g[1], g[2], c)
+        h = _ref_meet(g[3], c)
+        seen = [j for j, (hj, cj) in enumerate(states) if np.array_equal(hj, h) and np.array_equal(cj, c)]
+        if rounds is None and seen:
+            cycle = r - seen[0]
+            break
+        states.append((h, c))
+    if rounds is not None:
+        return h, {"lstm_rounds": rounds, "lstm_converged": None, "lstm_cycle": None, "lstm_refine_rounds": 0}
+    if cycle == 1:
+        return h, {"lstm_rounds": r, "lstm_converged": True, "lstm_cycle": None, "lstm_refine_rounds": 0}
+    if cycle:
+        h = _ref_meet(*[hj for hj, _ in states[seen[0]:]])
+    for k in range(1, 2 * H + 1):
+        g = gates(h)
+        c_new = _ref_meet(g[0], g[1], g[2], c)
+        h_new = _ref_meet(h, g[3], c_new)
+        if np.array_equal(h_new, h) and np.array_equal(c_new, c):
+            break
         h, c = h_new, c_new
-    return h, rounds or 50
+    return h, {"lstm_rounds": r, "lstm_converged": False, "lstm_cycle": cycle, "lstm_refine_rounds": k}
 
 
 def reference_fibers(policy: torch.nn.Module, thresholds: Thresholds, lstm_rounds: int | None = REFERENCE_LSTM_ROUNDS) -> Fibers:
@@ -122,7 +152,7 @@ def reference_fibers(policy: torch.nn.Module, thresholds: Thresholds, lstm_round
     kinds = {layer.name: layer.kind for layer in graph}
     positions = conv_output_positions(policy)
     labels: dict[str, np.ndarray] = {}
-    rounds = 0
+    lstm: dict[str, Any] = {}
     for layer in graph:
         thr = getattr(thresholds, layer.threshold)
         m = layer.module
@@ -135,7 +165,7 @@ def reference_fibers(policy: torch.nn.Module, thresholds: Thresholds, lstm_round
         else:
             colors = labels[layer.source]
         if layer.kind == "lstm":
-            labels[layer.name], rounds = _ref_lstm(m, colors, thr, lstm_rounds)
+            labels[layer.name], lstm = _ref_lstm(m, colors, thr, lstm_rounds)
             continue
         if layer.kind == "out":
             labels[layer.name] = np.arange(m.weight.shape[0])
@@ -143,7 +173,7 @@ def reference_fibers(policy: torch.nn.Module, thresholds: Thresholds, lstm_round
         w, p = _np(m.weight), _ref_one_hot(colors)
         summed = np.einsum("oiab,ki->okab", w, p).reshape(w.shape[0], -1) if layer.kind == "conv" else w @ p.T
         labels[layer.name] = _ref_cluster(np.hstack([summed, _np(m.bias)[:, None]]), thr)
-    return Fibers(labels, thresholds, policy.config.name, positions, rounds)
+    return Fibers(labels, thresholds, policy.config.name, positions, **lstm)
 
 
 # =============================================================================== policies
@@ -206,7 +236,7 @@ def bench(arch: str, weights: str, thr_name: str, repeats: int) -> dict[str, Any
         "arch": arch, "weights": weights, "thresholds": thr_name, "threshold_values": thr.model_dump(),
         "ours_s": mo, "reference_s": mr, "ratio": mr / mo, "ours_all_s": t_ours, "reference_all_s": t_ref,
         "target_s": TARGETS[arch], "met": mo < TARGETS[arch], "same_fibers": same_fibers(f_ours, f_ref),
-        "lstm_rounds": f_ours.lstm_rounds, "widths": {k: list(v) for k, v in f_ours.widths().items()},
+        **f_ours.lstm_report(), "widths": {k: list(v) for k, v in f_ours.widths().items()},
         "params": n_params, "params_after": sum(p.numel() for p in small.parameters()),
     }
 
@@ -232,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         fibers = ", ".join(f"{k} {u}->{f}" for k, (u, f) in r["widths"].items() if not k.endswith("_out"))
         print(f"{name}: ours {r['ours_s']:.3f} s, reference {r['reference_s']:.3f} s, reference / ours: {r['ratio']:.2f}  "
               f"target {r['target_s']:.0f} s: {'met' if r['met'] else 'MISSED'}")
-        note = "" if r["same_fibers"] or r["lstm_rounds"] <= REFERENCE_LSTM_ROUNDS else f" (the reference stops after {REFERENCE_LSTM_ROUNDS} LSTM rounds)"
-        print(f"    same fibers as reference: {r['same_fibers']}{note}; LSTM rounds {r['lstm_rounds']}; params "
+        reached = r["lstm_converged"] and r["lstm_rounds"] <= REFERENCE_LSTM_ROUNDS
+        note = "" if r["same_fibers"] or reached else f" (the reference stops after {REFERENCE_LSTM_ROUNDS} LSTM rounds)"
+        lstm = "converged" if r["lstm_converged"] else f"cycle {r['lstm_cycle']}, refined in {r['lstm_refine_rounds']}"
+        print(f"    same fibers as reference: {r['same_fibers']}{note}; LSTM rounds {r['lstm_rounds']} ({lstm}); params "
               f"{r['params']:,} -> {r['params_after']:,}; {fibers}")
     all_met = all(r["met"] for r in rows)
     print(f"targets (atari < {TARGETS['atari']:.0f} s, fast < {TARGETS['fast']:.0f} s): {'all met' if all_met else 'NOT all met'}")

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from conftest import tiny
+from fiberlab.fibration.fibers import LSTM_KEYS
 from fiberlab.rl.logging import read_metrics
 
 
@@ -27,6 +28,8 @@ def test_collapse_ablate_scratch(cli, source):
     fibers = json.loads((run / "fibers.json").read_text())
     assert report["thresholds"] == {"linear": 0.4, "cnn": 0.5, "lstm": 1.0, "critic": 0.8}
     assert set(report["layers"]) == set(fibers["layers"]) and 0 < report["node_fraction"] <= 1
+    lstm = {k: fibers[k] for k in LSTM_KEYS}  # how the LSTM partition was reached, in both files
+    assert {k: report[k] for k in LSTM_KEYS} == lstm and isinstance(lstm["lstm_converged"], bool) and lstm["lstm_rounds"] >= 1
     assert isinstance(report["return_original"], float) and isinstance(report["return_collapsed"], float)
     rows = read_metrics(run)
     assert rows[0]["agent_step"] == 192 + 64 and rows[-1]["agent_step"] == 192 + 128  # continues the counter
@@ -40,6 +43,7 @@ def test_collapse_ablate_scratch(cli, source):
     for name in runs:
         rep = json.loads((source / name / "collapse_report.json").read_text())
         assert rep["kind"] == "ablation" and rep["layers"] == report["layers"]  # same per-layer widths
+        assert {k: rep[k] for k in LSTM_KEYS} == lstm
     kept = [json.loads((source / n / "collapse_report.json").read_text())["kept"] for n in runs]
     assert kept[0] != kept[1]
 

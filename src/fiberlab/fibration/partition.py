@@ -29,6 +29,12 @@ def canonical(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.ravel()]
 
 
+def meet(*labels: np.ndarray) -> np.ndarray:
+    """The common refinement of partitions of the same units, as canonical labels: two units share
+    a block of the meet exactly when they share one in every argument."""
+    return canonical(np.unique(np.stack(labels, 1), axis=0, return_inverse=True)[1].ravel())
+
+
 def sum_columns(w: np.ndarray, colors: np.ndarray, num: int | None = None) -> np.ndarray:
     """``w @ one_hot(colors, num).T``: the columns of ``w`` [m, n] summed per color, [m, K]."""
     colors = np.asarray(colors, dtype=np.int64)

@@ -64,10 +64,10 @@ def continued_name(exp: str, epoch: int) -> str:
 
 
 def _source_config(src: Source) -> TrainConfig:
-    ck_cfg = load_checkpoint(src.path).manifest.get("config")
-    if not ck_cfg:
+    cfg = load_checkpoint(src.path).manifest.run_config(str(src.path))
+    if cfg is None:
         raise ValueError(f"{src.path}: records no run config (a migrated file?): collapse needs a run trained by fiberlab")
-    return TrainConfig.model_validate(ck_cfg)
+    return cfg
 
 
 def zero_shot_return(policy: torch.nn.Module, cfg: TrainConfig, episodes: int) -> float:
@@ -112,7 +112,7 @@ def collapse_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = 
     name, _ = run_names(run, src.epoch, thr)
     report = {
         "kind": "collapsed", "source_run": run, "source_checkpoint": str(src.path), "source_epoch": src.epoch,
-        "source_agent_step": src.agent_step, "thresholds": thr.model_dump(),
+        "source_agent_step": src.agent_step, "thresholds": thr.model_dump(), **fibers.lstm_report(),
         "layers": _layers_report(fibers.widths(), fiber_widths(fibers)),
         "nodes_before": node_count(policy), "nodes_after": node_count(small),
         "node_fraction": node_count(small) / node_count(policy), "param_fraction": param_count(small) / param_count(policy),
@@ -145,7 +145,7 @@ def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = No
         small, kept = ablate(policy, widths, seed=base_cfg.seed * 1000 + k)
         report = {
             "kind": "ablation", "source_run": run, "source_checkpoint": str(src.path), "source_epoch": src.epoch,
-            "source_agent_step": src.agent_step, "thresholds": thr.model_dump(),
+            "source_agent_step": src.agent_step, "thresholds": thr.model_dump(), **fibers.lstm_report(),
             "layers": _layers_report(fibers.widths(), widths), "kept": kept,
             "node_fraction": node_count(small) / node_count(policy), "param_fraction": param_count(small) / param_count(policy),
             "return_original": None,
