@@ -35,6 +35,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     return subprocess.run([sys.executable, "-m", "fiberlab", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
 
 
+def policy_and_adam(small: bool = False):
+    """A seeded mlp_lstm policy and its Adam after two steps (``small``: 16 units), for checkpoints."""
+    from fiberlab.config import PolicyConfig
+    from fiberlab.policies import build_policy
+
+    torch.manual_seed(0)
+    extra = {"linear": [16], "core_hidden": 16} if small else {}
+    p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3, **extra))
+    opt = torch.optim.Adam(p.parameters(), lr=1e-3)
+    for _ in range(2):
+        logits, values, _ = p(torch.randn(2, 3, 4))
+        (logits.sum() + values.sum()).backward()
+        opt.step()
+        opt.zero_grad()
+    return p, opt
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -34,13 +34,12 @@ from typing import Any
 import torch
 import zstandard
 
+from conftest import policy_and_adam
 from fiberlab.checkpoint import CheckpointError, compression, load_checkpoint, read_manifest, save_checkpoint
 from fiberlab.checkpoint import migrate as mig
 from fiberlab.checkpoint.reader import check_file
 from fiberlab.checkpoint.format import read_tensors
 from fiberlab.cli.ckpt import inspect_summary
-from fiberlab.config import PolicyConfig
-from fiberlab.policies import build_policy
 
 SUFFIXES = (".safetensors", ".safetensors.zst", ".safetensors.lz4", ".safetensors.gz")
 DEEP = "__deep__"  # serialised as 5,000 nested lists: more than json's recursion limit allows
@@ -61,14 +60,7 @@ class Original:
     """The tiny checkpoint every case starts from, in plain and compressed forms."""
 
     def __init__(self, workdir: Path) -> None:
-        torch.manual_seed(0)
-        p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3, linear=[16], core_hidden=16))
-        opt = torch.optim.Adam(p.parameters(), lr=1e-3)
-        for _ in range(2):
-            logits, values, _ = p(torch.randn(2, 3, 4))
-            (logits.sum() + values.sum()).backward()
-            opt.step()
-            opt.zero_grad()
+        p, opt = policy_and_adam(small=True)
         spec = {"name": "popgym.X", "obs_shape": [4], "obs_dtype": "float32", "num_actions": 3,
                 "feature_names": ["a", "b", "c", "d"], "action_names": ["l", "m", "r"], "obs_scale": [1.0], "agents_per_env": 1}
         plain = save_checkpoint(workdir / "f.safetensors", p, env_spec=spec, progress={"epoch": 1, "agent_step": 8, "wall_time": 1.0},

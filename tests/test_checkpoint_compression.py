@@ -16,25 +16,11 @@ import zstandard
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from conftest import policy_and_adam
 from fiberlab.checkpoint import CheckpointError, compression, load_checkpoint, read_manifest, save_checkpoint
 from fiberlab.checkpoint.format import MAX_HEADER_BYTES, read_header, read_tensors
-from fiberlab.config import PolicyConfig
-from fiberlab.policies import build_policy
 
 CASES = [(m, s) for m in compression.METHODS for s in (False, True)]
-
-
-def _policy_and_optimizer(small: bool = False):
-    torch.manual_seed(0)
-    extra = {"linear": [16], "core_hidden": 16} if small else {}
-    p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3, **extra))
-    opt = torch.optim.Adam(p.parameters(), lr=1e-3)
-    for _ in range(2):
-        logits, values, _ = p(torch.randn(2, 3, 4))
-        (logits.sum() + values.sum()).backward()
-        opt.step()
-        opt.zero_grad()
-    return p, opt
 
 
 def _save(path: Path, p, opt, **kw) -> Path:
@@ -43,7 +29,7 @@ def _save(path: Path, p, opt, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    p, opt = _policy_and_optimizer()
+    p, opt = policy_and_adam()
     path = _save(tmp_path_factory.mktemp("plain") / "c.safetensors", p, opt)
     return p, opt, path
 
@@ -143,7 +129,7 @@ def test_non_float_and_odd_tensors_round_trip(tmp_path):
 
 
 def test_save_checkpoint_compressed(tmp_path):
-    p, opt = _policy_and_optimizer(small=True)
+    p, opt = policy_and_adam(small=True)
     path = _save(tmp_path / "r.safetensors.zst", p, opt, compress="zstd", shuffle=True)
     assert compression.detect(path) == "zstd" and [f.name for f in tmp_path.iterdir()] == [path.name]
     assert read_manifest(path).run == "r"
@@ -330,7 +316,7 @@ def test_interrupted_compress_leaves_nothing(ckpt, tmp_path, monkeypatch):
     assert [f.name for f in src.parent.iterdir()] == [src.name]
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
-        _save(tmp_path / "e" / "r.safetensors.zst", *_policy_and_optimizer(small=True), compress="zstd")
+        _save(tmp_path / "e" / "r.safetensors.zst", *policy_and_adam(small=True), compress="zstd")
     assert list((tmp_path / "e").iterdir()) == []
     calls["n"] = -10**9
     rows = compression.compress_path(src.parent, method="lz4")

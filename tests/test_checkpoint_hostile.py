@@ -168,7 +168,8 @@ def test_missing_checksum_is_partial_and_needs_force(good, tmp_path, how):
     assert report.level == "PARTIAL" and any("no checksum recorded" in w for w in report.warnings)
     with pytest.raises(CheckpointError, match="no checksum recorded"):
         load_checkpoint(bad)
-    assert load_checkpoint(bad, force=True).policy is not None
+    with pytest.warns(UserWarning, match="no checksum recorded"):
+        assert load_checkpoint(bad, force=True).policy is not None
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
