@@ -26,3 +26,15 @@ class OperationFailed(FiberlabError):
     """Valid input, failed work (a diverged run, a batch with failures): exit code 1."""
 
     exit_code = 1
+
+
+def first_line(what: BaseException | str, fallback: str | None = None) -> str:
+    """The first non-empty line of an error or a text, stripped: what a one-line message shows.
+
+    An exception with no text gives its type's name (or ``fallback`` when given)."""
+    for line in str(what).splitlines():
+        if line.strip():
+            return line.strip()
+    if fallback is not None:
+        return fallback
+    return type(what).__name__ if isinstance(what, BaseException) else ""

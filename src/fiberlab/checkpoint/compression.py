@@ -65,6 +65,7 @@ import numpy as np
 import zstandard
 
 from fiberlab.checkpoint.format import MAX_HEADER_BYTES, CheckpointError, parse_json
+from fiberlab.errors import first_line
 
 EXTENSIONS = {".zst": "zstd", ".lz4": "lz4", ".gz": "gzip"}
 MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"\x1f\x8b": "gzip"}
@@ -110,11 +111,6 @@ def _check(method: str, level: int | None) -> int:
     if isinstance(level, bool) or not isinstance(level, int) or not lo <= level <= hi:
         raise ValueError(f"{method} level {level!r} is out of range: use {lo} to {hi}")
     return level
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ============================================================================ header and plan
@@ -260,9 +256,9 @@ class _Payload:
             try:
                 b = self._dec.read(min(CHUNK, n - got))
             except (zstandard.ZstdError, RuntimeError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
-                raise self._corrupt(_one_line(e)) from None
+                raise self._corrupt(first_line(e)) from None
             except OSError as e:
-                raise CheckpointError(f"{self.path}: cannot read ({e.strerror or _one_line(e)})") from None
+                raise CheckpointError(f"{self.path}: cannot read ({e.strerror or first_line(e)})") from None
             if not b:
                 break
             parts.append(b)
@@ -445,7 +441,7 @@ def decompressed(path: str | Path, tmp_dir: str | Path | None = None) -> Iterato
             try:
                 _write_plain(payload, out, where)
             except OSError as e:
-                raise CheckpointError(f"{path}: cannot decompress into {where} ({e.strerror or _one_line(e)})") from None
+                raise CheckpointError(f"{path}: cannot decompress into {where} ({e.strerror or first_line(e)})") from None
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
@@ -559,7 +555,7 @@ def _decompress(src: Path, dst: Path, sync: bool) -> Path:
                     out.flush()
                     os.fsync(out.fileno())
             except OSError as e:
-                raise CheckpointError(f"{src}: cannot write {tmp} ({e.strerror or _one_line(e)})") from None
+                raise CheckpointError(f"{src}: cannot write {tmp} ({e.strerror or first_line(e)})") from None
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -632,7 +628,7 @@ def compress_path(path: str | Path, *, method: str, level: int | None = None, sh
         try:
             already = _magic(src)
         except OSError as e:
-            rows.append(_row(src, None, "failed", f"cannot read ({e.strerror or _one_line(e)})", size))
+            rows.append(_row(src, None, "failed", f"cannot read ({e.strerror or first_line(e)})", size))
             continue
         if already is not None or src.suffix in EXTENSIONS:
             rows.append(_row(src, None, "skipped", f"already compressed ({already or EXTENSIONS[src.suffix]})", size))
@@ -650,7 +646,7 @@ def compress_path(path: str | Path, *, method: str, level: int | None = None, sh
                     raise
                 src.unlink()
         except (CheckpointError, OSError) as e:
-            reason = _one_line(e) if isinstance(e, CheckpointError) else f"cannot write ({e.strerror or _one_line(e)})"
+            reason = first_line(e) if isinstance(e, CheckpointError) else f"cannot write ({e.strerror or first_line(e)})"
             rows.append(_row(src, None, "failed", reason, size))
             continue
         rows.append(_row(src, dst, "ok", "original removed" if remove_originals else "", size, _size(dst)))
@@ -676,7 +672,7 @@ def decompress_path(path: str | Path, *, remove_originals: bool = False, recursi
         try:
             method = _magic(src) or detect(src)
         except OSError as e:
-            rows.append(_row(src, None, "failed", f"cannot read ({e.strerror or _one_line(e)})", size))
+            rows.append(_row(src, None, "failed", f"cannot read ({e.strerror or first_line(e)})", size))
             continue
         if method is None:
             rows.append(_row(src, None, "skipped", "not compressed", size))
@@ -688,7 +684,7 @@ def decompress_path(path: str | Path, *, remove_originals: bool = False, recursi
         try:
             _decompress(src, dst, sync=True)
         except (CheckpointError, OSError) as e:
-            reason = _one_line(e) if isinstance(e, CheckpointError) else f"cannot write ({e.strerror or _one_line(e)})"
+            reason = first_line(e) if isinstance(e, CheckpointError) else f"cannot write ({e.strerror or first_line(e)})"
             rows.append(_row(src, None, "failed", reason, size))
             continue
         removed = remove_originals and dst != src

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fiberlab.errors import BadInput
+from fiberlab.errors import BadInput, first_line
 
 if TYPE_CHECKING:
     from fiberlab.checkpoint.manifest import Manifest
@@ -318,8 +318,7 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         with plain_file(path) as plain:
             return load_file(str(plain), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt checkpoint ({msg})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({first_line(e)})") from None
 
 
 @dataclass
@@ -350,7 +349,7 @@ class Checkpoint:
         try:
             optimizer.load_state_dict({"state": state, "param_groups": groups})
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:

@@ -203,33 +203,19 @@ class TensorEntry(BaseModel):
         return math.prod(self.shape)
 
 
-def _entry_problem(name: str, raw: Any) -> str | None:
-    try:
-        TensorEntry.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        what = err["msg"].removeprefix("Value error, ")
-        return f"tensor {name[:80]!r}: {loc + ': ' if loc else ''}{what}"
-    return None
-
-
-def index_problems(index: dict[str, Any], data_len: int | None) -> list[str]:
-    """Every fault of the tensor index, one line each (empty: valid).
-
-    ``data_len``: the bytes after the header in a plain file (None for a compressed one, whose
-    decompression is bounded by what the index declares)."""
+def _check_index(index: dict[str, Any], data_len: int | None) -> tuple[dict[str, TensorEntry], list[str]]:
+    """The well-formed entries and every fault, one line each (see :func:`index_problems`)."""
+    entries: dict[str, TensorEntry] = {}
     problems = []
-    spans = []
     for name, raw in index.items():
-        problem = _entry_problem(name, raw)
-        if problem:
-            problems.append(problem)
-        else:
-            begin, end = raw["data_offsets"]
-            spans.append((begin, end, name))
+        try:
+            entries[name] = TensorEntry.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"tensor {name[:80]!r}: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}")
     cursor = 0
-    for begin, end, name in sorted(spans):
+    for begin, end, name in sorted((*e.data_offsets, n) for n, e in entries.items()):
         if begin < cursor:
             problems.append(f"tensor {name[:80]!r}: data_offsets [{begin}, {end}] overlap the previous tensor")
         elif begin > cursor:
@@ -237,18 +223,26 @@ def index_problems(index: dict[str, Any], data_len: int | None) -> list[str]:
         cursor = max(cursor, end)
     if data_len is not None and not problems and cursor != data_len:
         problems.append(f"tensor data is {cursor} bytes by the header, the file holds {data_len}")
-    return problems
+    return entries, problems
+
+
+def index_problems(index: dict[str, Any], data_len: int | None) -> list[str]:
+    """Every fault of the tensor index, one line each (empty: valid).
+
+    ``data_len``: the bytes after the header in a plain file (None for a compressed one, whose
+    decompression is bounded by what the index declares)."""
+    return _check_index(index, data_len)[1]
 
 
 def validate_index(path: Any, index: dict[str, Any], data_len: int | None) -> dict[str, TensorEntry]:
     """The checked index (name -> :class:`TensorEntry`), or a one-line CheckpointError."""
     from fiberlab.checkpoint.format import CheckpointError
 
-    problems = index_problems(index, data_len)
+    entries, problems = _check_index(index, data_len)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{path}: corrupt tensor index ({problems[0]}){more}")
-    return {name: TensorEntry.model_validate(raw) for name, raw in index.items()}
+    return entries
 
 
 OPTIMIZER_KEY = re.compile(r"^optimizer/(\d{1,9})/([A-Za-z_][A-Za-z0-9_]{0,63})$")

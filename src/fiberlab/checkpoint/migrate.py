@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fiberlab.atomic import write_json_atomic
+from fiberlab.errors import first_line
 from fiberlab.checkpoint import versions
 from fiberlab.checkpoint.legacy_layouts import MigrationError, infer_policy_config, map_state_dict
 from fiberlab.checkpoint.format import (
@@ -232,11 +233,6 @@ def _refusal(e: BaseException) -> str:
             "rerun with --trust-pickle only if you trust where the file came from")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _probe(path: Path, trust_pickle: bool = False) -> _Probe:
     from fiberlab.checkpoint import compression
 
@@ -263,19 +259,19 @@ def _probe(path: Path, trust_pickle: bool = False) -> _Probe:
         try:
             return _Probe(SAFETENSORS, obj=load_file(str(path)))
         except Exception as e:  # noqa: BLE001 - any reader fault is this file's fault
-            return _Probe(UNKNOWN, reason=f"corrupt safetensors file ({_first_line(e)})")
+            return _Probe(UNKNOWN, reason=f"corrupt safetensors file ({first_line(e)})")
     try:
         obj = _torch_load(path, trust_pickle=False)
     except Exception as e:  # noqa: BLE001
         if not _needs_full_unpickling(e):
             detail = re.search(r"(Unsupported operand \d+|String is too long)", str(e))
-            return _Probe(UNKNOWN, reason=f"not a checkpoint this tool reads (torch.load: {detail[1] if detail else _first_line(e)})")
+            return _Probe(UNKNOWN, reason=f"not a checkpoint this tool reads (torch.load: {detail[1] if detail else first_line(e)})")
         if not trust_pickle:
             return _Probe(PICKLED_OBJECT, reason=_refusal(e))
         try:
             obj = _torch_load(path, trust_pickle=True)
         except Exception as e2:  # noqa: BLE001
-            return _Probe(PICKLED_OBJECT, reason=f"full unpickling failed ({_first_line(e2)})")
+            return _Probe(PICKLED_OBJECT, reason=f"full unpickling failed ({first_line(e2)})")
         return _Probe(PICKLED_OBJECT, obj=obj)
     return _Probe(_classify(obj), obj=obj)
 
@@ -435,7 +431,7 @@ def _convert_optimizer(opt_sd: Mapping, key_map: dict[str, str], policy: nn.Modu
     try:
         opt.load_state_dict({"state": new_state, "param_groups": hyper_groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        return None, f"optimizer state dropped: {_first_line(e)}"
+        return None, f"optimizer state dropped: {first_line(e)}"
     return opt, None
 
 
@@ -485,7 +481,7 @@ def _build_legacy(path: Path, probe: _Probe) -> tuple[nn.Module, dict[str, Any],
     try:
         policy = build_policy(cfg)
     except (ValueError, TypeError) as e:
-        raise MigrationError(f"cannot build {cfg.get('name')} with the inferred widths ({_first_line(e)})") from None
+        raise MigrationError(f"cannot build {cfg.get('name')} with the inferred widths ({first_line(e)})") from None
     try:
         policy.load_state_dict({k: v.detach().to(torch.float32) if v.is_floating_point() else v for k, v in renamed.items()}, strict=True)
     except RuntimeError as e:
@@ -699,7 +695,7 @@ def migrate(
         try:
             r = _migrate_one(f, out, backup=backup, trust_pickle=trust_pickle, verbose=verbose)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a batch
-            r = FileResult(str(f), None, "failed", f"{type(e).__name__}: {_first_line(e)}", UNKNOWN)
+            r = FileResult(str(f), None, "failed", f"{type(e).__name__}: {first_line(e)}", UNKNOWN)
         _say(verbose, f"{f}: {r.status}: {r.reason}")
         summary.results.append(r)
     if report is not None:

@@ -48,6 +48,7 @@ from fiberlab.checkpoint.manifest import (
     validate_index,
     validate_manifest,
 )
+from fiberlab.errors import first_line
 
 RNG_KEY = "rng/torch"
 MAX_RNG_BYTES = 1 << 20  # torch's CPU generator state is 5,056 bytes; CUDA's is smaller
@@ -122,8 +123,7 @@ def meta_policy(manifest: Manifest, report: CompatibilityReport) -> nn.Module | 
             warnings.simplefilter("ignore")  # init warnings about odd widths: the shape check below speaks
             return build_policy(report.policy_config)
     except Exception as e:  # noqa: BLE001 - untrusted config: any builder fault is the file's
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        report.error(f"the registry cannot build architecture {manifest.architecture!r} with the stored config ({text[:200]})")
+        report.error(f"the registry cannot build architecture {manifest.architecture!r} with the stored config ({first_line(e)[:200]})")
         report.recommend("load it with the fiberlab version that wrote it")
         report.finish()
         return None

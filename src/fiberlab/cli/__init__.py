@@ -17,15 +17,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from fiberlab.errors import BadInput, FiberlabError
-
-
-def one_line(text: str, fallback: str = "") -> str:
-    """The first non-empty line of ``text``, stripped (``fallback`` when there is none)."""
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return fallback
+from fiberlab.errors import BadInput, FiberlabError, first_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,7 +39,7 @@ def user_input() -> Iterator[None]:
     except FiberlabError:
         raise
     except ValueError as e:
-        raise BadInput(one_line(str(e), type(e).__name__)) from e
+        raise BadInput(first_line(e)) from e
 
 
 def count(flag: str, value: int | None, minimum: int = 0) -> int | None:

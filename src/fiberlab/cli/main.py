@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
-from fiberlab.cli import Parser, one_line, resolve_train_dir, user_input
+from fiberlab.cli import Parser, resolve_train_dir, user_input
 from fiberlab.config import TrainConfig, apply_overrides
-from fiberlab.errors import BadInput, FiberlabError, OperationFailed
+from fiberlab.errors import BadInput, FiberlabError, OperationFailed, first_line
 
 PROG = "fiberlab"
 # OS errors about a path the user gave (exit 2); any other OS error (disk full, I/O error) is 1
@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         ckpts = list_checkpoints(trainer.run_dir)
         last = ckpts[-1][2] if ckpts else "none"
-        raise OperationFailed(f"{one_line(str(e))}; last good checkpoint: {last}") from e
+        raise OperationFailed(f"{first_line(e)}; last good checkpoint: {last}") from e
     if not trainer.dist.is_main:
         return 0
     curve = plot_learning_curve(result.run_dir)
@@ -174,7 +174,7 @@ def _say(msg: str) -> None:
 
 def _os_error(e: OSError) -> tuple[str, int]:
     """One line naming the path, and the exit code: 2 for a path the user gave, else 1."""
-    what = e.strerror or one_line(str(e), type(e).__name__)
+    what = e.strerror or first_line(e)
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
     code = 2 if isinstance(e, USER_PATH_ERRORS) or e.errno == errno.EROFS else 1
     return (f"{' -> '.join(paths)}: {what}" if paths else what), code
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse (--help: 0, a usage mistake: 2) or a command's own exit
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
-        _say(f"error: {one_line(str(e.code))}")
+        _say(f"error: {first_line(str(e.code))}")
         return 1
     except KeyboardInterrupt:
         if _debug():
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except FiberlabError as e:
         if _debug():
             raise
-        _say(f"error: {one_line(str(e), type(e).__name__)}")
+        _say(f"error: {first_line(e)}")
         return e.exit_code
     except OSError as e:
         if _debug():
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if _debug():
             raise
-        detail = one_line(str(e))
+        detail = first_line(str(e))
         _say(f"internal error: {type(e).__name__}{': ' + detail if detail else ''} (set FIBERLAB_DEBUG=1 for the traceback)")
         return 1
 

@@ -16,6 +16,7 @@ import torch
 
 from fiberlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fiberlab.config import TrainConfig
+from fiberlab.errors import first_line
 from fiberlab.envs import make_vecenv
 from fiberlab.policies import RecurrentPolicy, build_policy
 from fiberlab.rl import distributed as dist_utils
@@ -105,7 +106,7 @@ class Trainer:
                     try:
                         torch.set_rng_state(ck.torch_rng.cpu())
                     except RuntimeError as e:
-                        raise CheckpointError(f"{path}: its torch RNG state does not fit this torch ({str(e).splitlines()[0]})") from None
+                        raise CheckpointError(f"{path}: its torch RNG state does not fit this torch ({first_line(e)})") from None
             except CheckpointError as e:
                 policy.load_state_dict(fresh[0])  # nothing of a half-restored checkpoint stays
                 optimizer.load_state_dict(copy.deepcopy(fresh[1]))
