@@ -26,7 +26,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from fiberlab.checkpoint.manifest import Manifest
+from fiberlab.checkpoint.manifest import Manifest, first_error
 
 LEVELS = ("FULL", "PARTIAL", "INCOMPATIBLE", "UNKNOWN")
 NEVER_LOGIT = -1e9  # bias of an action the checkpoint never knew: softmax gives it probability 0
@@ -128,10 +128,7 @@ def _check_architecture(manifest: Manifest, report: CompatibilityReport) -> None
     try:
         report.policy_config = PolicyConfig.model_validate(cfg, strict=True).model_dump()  # file data: no "8" for 8
     except ValidationError as e:
-        err = e.errors()[0]
-        shown = repr(err.get("input"))
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        report.error(f"policy config is invalid: {'.'.join(str(p) for p in err['loc'])}={shown}: {err['msg'].removeprefix('Value error, ')}")
+        report.error(f"policy config is invalid: {first_error(e)}")
 
 
 def _check_env(manifest: Manifest, env: dict[str, Any], report: CompatibilityReport) -> None:

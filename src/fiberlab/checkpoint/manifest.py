@@ -127,14 +127,14 @@ class Manifest(_Record):
         try:
             return TrainConfig.model_validate(self.config)
         except ValidationError as e:
-            raise CheckpointError(f"{where}: its run config is invalid ({_first_error(e, 'config')})") from None
+            raise CheckpointError(f"{where}: its run config is invalid ({first_error(e, 'config')})") from None
 
     def as_dict(self) -> dict[str, Any]:
         """The manifest as the JSON it was read from (only the keys it had; ``class`` as stored)."""
         return self.model_dump(by_alias=True, exclude_unset=True)
 
 
-def _first_error(e: ValidationError, prefix: str = "") -> str:
+def first_error(e: ValidationError, prefix: str = "") -> str:
     """One line: ``field.path=value: what is wrong`` for the first of pydantic's errors."""
     return _describe(e.errors()[0], prefix)
 
@@ -167,7 +167,7 @@ def validate_manifest(path: Any, raw: dict[str, Any]) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
-        raise CheckpointError(f"{path}: invalid manifest ({_first_error(e)})") from None
+        raise CheckpointError(f"{path}: invalid manifest ({first_error(e)})") from None
     except RecursionError:
         raise CheckpointError(f"{path}: invalid manifest (nested too deeply)") from None
 
