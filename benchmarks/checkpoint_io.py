@@ -4,17 +4,17 @@
 One run prints three tables (see docs/checkpoints_compression.md for the numbers measured so far):
 
 1. **Save and load** of the ``atari`` policy (PufferLib's network, 3,948,202 parameters) with its
-   Adam state: our ``save_checkpoint`` / ``load_checkpoint`` (plain, zstd-3, zstd-3 + shuffle)
+   Adam state: our ``save`` / ``load`` (plain, zstd-3, zstd-3 + shuffle)
    against ``torch.save`` / ``torch.load(weights_only=True)`` of the same two state dicts. "Load"
    ends with a usable policy and optimizer on both sides, so the torch side builds the policy
    from its config and calls ``load_state_dict`` (our loader rebuilds it from the manifest and,
    by default, verifies the checksum over every tensor and the manifest and that every float is
-   finite). "load, unverified" is ``load_checkpoint(verify=False)``, so the difference is what
+   finite). "load, unverified" is ``load(verify=False)``, so the difference is what
    verification costs; "verify" sets that cost against the machine's limit for it: sha256 of the
    same bytes already in memory on the same threads, with no other work. The "tensors only"
    rows compare ``read_tensors`` with a bare ``torch.load``. Median of ``--repeats`` runs,
    interleaved; target: ours no slower, verified loads included.
-2. **Manifest read** (``read_manifest``, header only) against a full ``load_checkpoint``;
+2. **Manifest read** (``read_manifest``, header only) against a full ``load``;
    target: at least 100x faster.
 3. **Compression** (``fiberlab.checkpoint.compression.bench``): gzip 1/6/9, lz4 0/9,
    zstd 1/3/9/19, each with and without the byte shuffle, on the ``atari`` and the ``fast``
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from fiberlab.checkpoint import compression, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import compression, load, read_manifest, save
 from fiberlab.checkpoint.format import read_tensors, tensor_checksum
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
@@ -116,7 +116,7 @@ def zero_share(opt: torch.optim.Optimizer) -> float:
 
 
 def _save(path: Path, policy: torch.nn.Module, opt: torch.optim.Optimizer, **kw: Any) -> Path:
-    return save_checkpoint(path, policy, env_spec={"name": "bench"}, progress={"epoch": 1, "agent_step": 0, "wall_time": 0.0}, run="bench", seed=0, optimizer=opt, **kw)
+    return save(path, policy, env_spec={"name": "bench"}, progress={"epoch": 1, "agent_step": 0, "wall_time": 0.0}, run="bench", seed=0, optimizer=opt, **kw)
 
 
 # =============================================================================== timing
@@ -145,7 +145,7 @@ def save_load(policy: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PolicyCo
         torch.optim.Adam(p.parameters(), lr=1.0).load_state_dict(sd["optimizer"])
 
     def ours_load_full(path: Path, verify: bool = True) -> None:
-        ck = load_checkpoint(path, verify=verify)
+        ck = load(path, verify=verify)
         ck.load_optimizer(torch.optim.Adam(ck.policy.parameters(), lr=1.0))
 
     in_memory: dict[str, torch.Tensor] = {}
@@ -185,7 +185,7 @@ def manifest_vs_load(paths: dict[str, Path], repeats: int) -> list[dict[str, Any
     rows = []
     for name, path in paths.items():
         t_manifest = median_time(lambda: read_manifest(path), max(50, repeats * 20))
-        t_load = median_time(lambda: load_checkpoint(path), repeats)
+        t_load = median_time(lambda: load(path), repeats)
         rows.append({"file": name, "manifest_s": t_manifest, "load_s": t_load, "speedup": t_load / t_manifest})
     return rows
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         result["manifest"] = mrows
         print("\nManifest read vs full load, atari + Adam (target: >= 100x)")
         for r in mrows:
-            print(f"  {r['file']:<15} read_manifest {1e3 * r['manifest_s']:8.3f} ms   load_checkpoint {1e3 * r['load_s']:8.1f} ms   {r['speedup']:8.0f}x")
+            print(f"  {r['file']:<15} read_manifest {1e3 * r['manifest_s']:8.3f} ms   load {1e3 * r['load_s']:8.1f} ms   {r['speedup']:8.0f}x")
 
         fast_ckpt = _save(work / "fast.safetensors", fast_policy, fast_opt)
         result["compression"] = {}

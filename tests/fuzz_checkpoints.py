@@ -35,7 +35,7 @@ import torch
 import zstandard
 
 from conftest import policy_and_adam
-from fiberlab.checkpoint import CheckpointError, compression, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import CheckpointError, compression, load, read_manifest, save
 from fiberlab.checkpoint import migrate as mig
 from fiberlab.checkpoint.reader import check_file
 from fiberlab.checkpoint.format import read_tensors
@@ -63,7 +63,7 @@ class Original:
         p, opt = policy_and_adam(small=True)
         spec = {"name": "popgym.X", "obs_shape": [4], "obs_dtype": "float32", "num_actions": 3,
                 "feature_names": ["a", "b", "c", "d"], "action_names": ["l", "m", "r"], "obs_scale": [1.0], "agents_per_env": 1}
-        plain = save_checkpoint(workdir / "f.safetensors", p, env_spec=spec, progress={"epoch": 1, "agent_step": 8, "wall_time": 1.0},
+        plain = save(workdir / "f.safetensors", p, env_spec=spec, progress={"epoch": 1, "agent_step": 8, "wall_time": 1.0},
                                 run="r", seed=3, optimizer=opt, torch_rng=torch.get_rng_state())
         self.weights = {k: v.clone() for k, v in p.state_dict().items()}
         self.manifest = read_manifest(plain).as_dict()
@@ -195,7 +195,7 @@ def check_case(path: Path, orig: Original, scratch: Path, plains: frozenset[byte
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ck = load_checkpoint(path)
+            ck = load(path)
         except CheckpointError as e:
             _one_line(e, path, "load")
             outcome = "refused"
@@ -213,7 +213,7 @@ def check_case(path: Path, orig: Original, scratch: Path, plains: frozenset[byte
     out = scratch / "migrated.safetensors"
     (res,) = mig.migrate(path, out, backup=False).results
     if res.status == "migrated":
-        if not _same(load_checkpoint(out).policy.state_dict(), orig.weights):
+        if not _same(load(out).policy.state_dict(), orig.weights):
             raise Failure("migrate: wrote altered weights")
     if outcome == "refused" and res.status == "skipped" and res.reason == "already current":
         raise Failure("migrate: called a file load refuses 'already current'")

@@ -10,10 +10,7 @@ from fiberlab.rl.rollout import RolloutCollector
 
 
 def _replay(policy, rollout, pass_state=True, reset_in_training=True):
-    resets = rollout.starts.clone()
-    resets[:, 0] = False
-    if not reset_in_training:
-        resets[:] = False
+    resets = rollout.training_resets(reset_in_training)
     state = rollout.initial_state if pass_state else None
     with torch.no_grad():
         logits, values, _ = policy(rollout.obs, state, resets)

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from fiberlab.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import CheckpointError, load, read_manifest, save
 from fiberlab.checkpoint.compat import check_compatibility
 from fiberlab.checkpoint.reader import check_file
 from fiberlab.checkpoint.format import read_header, read_tensors, write_checkpoint
@@ -27,7 +27,7 @@ def ckpt(tmp_path):
     p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[5], num_actions=4, linear=[16], core_hidden=8))
     with torch.no_grad():  # make the actor's rows distinct enough that a wrong mapping shows
         p.actor[-1].weight.normal_()
-    path = save_checkpoint(tmp_path / "c__e1__s10.safetensors", p, env_spec=spec().to_dict(), progress={"epoch": 1, "agent_step": 10}, run="c", seed=0)
+    path = save(tmp_path / "c__e1__s10.safetensors", p, env_spec=spec().to_dict(), progress={"epoch": 1, "agent_step": 10}, run="c", seed=0)
     return p, path
 
 
@@ -50,7 +50,7 @@ def test_permuted_features_and_actions_act_identically(ckpt):
     f_perm, a_perm = [3, 0, 4, 1, 2], [2, 0, 3, 1]
     env = spec([FEATURES[i] for i in f_perm], [ACTIONS[i] for i in a_perm])
     with pytest.warns(UserWarning, match="partially compatible"):
-        ck = load_checkpoint(path, env_spec=env)
+        ck = load(path, env_spec=env)
     assert ck.report.level == "PARTIAL"
     obs = torch.randn(3, 7, 5)
     resets = torch.zeros(3, 7, dtype=torch.bool)
@@ -74,11 +74,11 @@ def test_action_subset_and_superset(ckpt):
     with torch.no_grad():
         ref, _, _ = policy(obs)
     with pytest.warns(UserWarning):
-        sub = load_checkpoint(path, env_spec=spec(actions=("down", "noop"))).policy
+        sub = load(path, env_spec=spec(actions=("down", "noop"))).policy
     with torch.no_grad():
         torch.testing.assert_close(sub(obs)[0], ref[..., [2, 0]])
     with pytest.warns(UserWarning, match="never chosen: jump"):
-        sup = load_checkpoint(path, env_spec=spec(actions=("noop", "up", "jump", "down", "left"))).policy
+        sup = load(path, env_spec=spec(actions=("noop", "up", "jump", "down", "left"))).policy
     with torch.no_grad():
         logits = sup(obs)[0]
     torch.testing.assert_close(logits[..., [0, 1, 3, 4]], ref)
@@ -98,10 +98,10 @@ def test_incompatible_env_is_refused_unless_forced(ckpt, env, fragment):
     r = check_compatibility(read_manifest(path), env)
     assert r.level == "INCOMPATIBLE" and any(fragment in e for e in r.errors) and r.recommendations
     with pytest.raises(CheckpointError, match=fragment):
-        load_checkpoint(path, env_spec=env)
+        load(path, env_spec=env)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert load_checkpoint(path, env_spec=env, force=True).policy is not None
+        assert load(path, env_spec=env, force=True).policy is not None
 
 
 def test_versions_and_architecture_rules(ckpt, tmp_path):
@@ -130,7 +130,7 @@ def test_checksum_detects_a_flipped_tensor_byte(ckpt, tmp_path):
     r = check_file(bad)
     assert r.level == "INCOMPATIBLE" and any("checksum mismatch" in e for e in r.errors)
     with pytest.raises(CheckpointError, match="checksum mismatch"):
-        load_checkpoint(bad)
+        load(bad)
     good = check_file(path)
     assert good.level == "FULL"
 
@@ -150,7 +150,7 @@ def test_cli_inspect_reads_only_the_header(cli, ckpt, tmp_path):
     assert r.returncode == 0 and "architecture mlp_lstm" in r.stdout
     assert "will not load: tensor data is" in r.stdout  # and it says why loading fails
     with pytest.raises(CheckpointError):
-        load_checkpoint(cut)
+        load(cut)
 
 
 def test_cli_check_levels_and_exit_codes(cli, tmp_path):

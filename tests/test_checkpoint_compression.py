@@ -17,14 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from conftest import policy_and_adam
-from fiberlab.checkpoint import CheckpointError, compression, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import CheckpointError, compression, load, read_manifest, save
 from fiberlab.checkpoint.format import MAX_HEADER_BYTES, read_header, read_tensors
 
 CASES = [(m, s) for m in compression.METHODS for s in (False, True)]
 
 
 def _save(path: Path, p, opt, **kw) -> Path:
-    return save_checkpoint(path, p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 8, "wall_time": 1.0}, run="r", seed=3, optimizer=opt, torch_rng=torch.get_rng_state(), **kw)
+    return save(path, p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 8, "wall_time": 1.0}, run="r", seed=3, optimizer=opt, torch_rng=torch.get_rng_state(), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_round_trip(ckpt, tmp_path, method, shuffle):
     back = compression.decompress_file(packed, tmp_path / "back.safetensors")
     assert back.read_bytes() == plain.read_bytes()
     assert read_manifest(packed) == read_manifest(plain)
-    ck = load_checkpoint(packed)
+    ck = load(packed)
     for (k, a), (_, b) in zip(p.state_dict().items(), ck.policy.state_dict().items()):
         assert torch.equal(a, b), k
     opt2 = torch.optim.Adam(ck.policy.parameters(), lr=1.0)
@@ -133,7 +133,7 @@ def test_save_checkpoint_compressed(tmp_path):
     path = _save(tmp_path / "r.safetensors.zst", p, opt, compress="zstd", shuffle=True)
     assert compression.detect(path) == "zstd" and [f.name for f in tmp_path.iterdir()] == [path.name]
     assert read_manifest(path).run == "r"
-    ck = load_checkpoint(path)
+    ck = load(path)
     assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), ck.policy.state_dict().values()))
 
 
@@ -146,7 +146,7 @@ def test_detect_by_magic_when_renamed(ckpt, tmp_path, method):
     renamed = packed.rename(tmp_path / "looks_plain.safetensors")
     assert compression.detect(renamed) == method
     assert read_manifest(renamed) == read_manifest(plain)
-    assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), load_checkpoint(renamed).policy.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), load(renamed).policy.state_dict().values()))
     rows = compression.decompress_path(renamed)  # no compression extension: decompressed in place
     assert rows[0]["status"] == "ok" and renamed.read_bytes() == plain.read_bytes() and compression.detect(renamed) is None
 
@@ -293,7 +293,7 @@ def test_truncated_and_flipped(ckpt, tmp_path, method, shuffle):
         bad = tmp_path / f"flip{pos}.safetensors{compression.EXTENSION_OF[method]}"
         bad.write_bytes(bytes(flipped))
         with pytest.raises(CheckpointError) as e:
-            load_checkpoint(bad)
+            load(bad)
         _one_line_error(e, bad)
 
 

@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 
-from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load, read_manifest, save
 from fiberlab.checkpoint.format import read_header
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
@@ -18,7 +18,7 @@ def saved(tmp_path):
     loss = sum(x.sum() for x in p(torch.randn(2, 3, 4))[:2])
     loss.backward()
     opt.step()
-    path = save_checkpoint(tmp_path / "r__e3__s99.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 3, "agent_step": 99, "wall_time": 1.0}, run="r", seed=7, optimizer=opt, torch_rng=torch.get_rng_state())
+    path = save(tmp_path / "r__e3__s99.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 3, "agent_step": 99, "wall_time": 1.0}, run="r", seed=7, optimizer=opt, torch_rng=torch.get_rng_state())
     return p, opt, path
 
 
@@ -27,7 +27,7 @@ def test_round_trip_policy_optimizer_and_manifest(saved):
     m = read_manifest(path)
     assert m.format_version == FORMAT_VERSION and m.checksum.startswith("sha256:") and m.architecture == "mlp_lstm" and m.progress.agent_step == 99 and m.seed == 7
     assert m.torch_version == torch.__version__.split("+")[0]
-    ck = load_checkpoint(path)
+    ck = load(path)
     for (k, a), (_, b) in zip(p.state_dict().items(), ck.policy.state_dict().items()):
         assert torch.equal(a, b), k
     opt2 = torch.optim.Adam(ck.policy.parameters(), lr=5.0)
@@ -55,7 +55,7 @@ def test_truncated_file_is_one_line_error(saved, tmp_path):
         bad = tmp_path / f"cut{cut}.safetensors"
         bad.write_bytes(data[:cut])
         with pytest.raises(CheckpointError) as e:
-            load_checkpoint(bad)
+            load(bad)
         assert "\n" not in str(e.value) and str(bad) in str(e.value)
 
 
@@ -73,13 +73,13 @@ def test_not_a_checkpoint(tmp_path):
     f = tmp_path / "notes.safetensors"
     f.write_text("hello world, this is not a checkpoint at all")
     with pytest.raises(CheckpointError):
-        load_checkpoint(f)
+        load(f)
     from safetensors.torch import save_file
 
     g = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(g))
     with pytest.raises(CheckpointError, match="no 'fiberlab' manifest"):
-        load_checkpoint(g)
+        load(g)
 
 
 def test_unknown_architecture_in_file_is_refused(saved, tmp_path):
@@ -91,11 +91,11 @@ def test_unknown_architecture_in_file_is_refused(saved, tmp_path):
     bad = tmp_path / "evil.safetensors"
     save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})
     with pytest.raises(CheckpointError, match="architecture 'evil.Module' is unknown"):
-        load_checkpoint(bad)
+        load(bad)
     m["architecture"] = "mlp_lstm"
     save_file(load_file(str(path)), str(bad), metadata={"fiberlab": json.dumps(m)})
     with pytest.raises(CheckpointError, match="policy config is invalid: name='evil.Module'"):
-        load_checkpoint(bad)
+        load(bad)
 
 
 def test_newer_format_version_is_refused(saved, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import zstandard
 
-from fiberlab.checkpoint import CheckpointError, check_file, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import CheckpointError, check_file, load, read_manifest, save
 from fiberlab.checkpoint import migrate as mig
 from fiberlab.checkpoint.format import read_header, read_tensors, write_checkpoint
 from fiberlab.cli.ckpt import inspect_summary
@@ -33,7 +33,7 @@ def good(tmp_path) -> Path:
     opt.step()
     spec = {"name": "popgym.X", "obs_shape": [4], "obs_dtype": "float32", "num_actions": 3,
             "feature_names": ["a", "b", "c", "d"], "action_names": ["l", "m", "r"], "obs_scale": [1.0], "agents_per_env": 1}
-    return save_checkpoint(tmp_path / "good.safetensors", p, env_spec=spec, progress={"epoch": 2, "agent_step": 64, "wall_time": 1.0},
+    return save(tmp_path / "good.safetensors", p, env_spec=spec, progress={"epoch": 2, "agent_step": 64, "wall_time": 1.0},
                            run="r", seed=1, optimizer=opt, torch_rng=torch.get_rng_state())
 
 
@@ -67,7 +67,7 @@ def resealed(path: Path, out: Path, **changes) -> Path:
 def refused(path: Path, match: str) -> str:
     """load refuses with one line naming the file; check agrees (INCOMPATIBLE or UNKNOWN)."""
     with pytest.raises(CheckpointError, match=match) as e:
-        load_checkpoint(path)
+        load(path)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(str(path)), msg
     report = check_file(path)
@@ -144,7 +144,7 @@ def test_altered_tensor_bytes_are_refused_unless_verification_is_waived(good, tm
     d[-40] ^= 0x01  # one bit of the last tensor
     bad = forge(good, tmp_path / "flip.safetensors", data=bytes(d))
     assert "checksum mismatch" in refused(bad, "checksum mismatch")
-    assert load_checkpoint(bad, verify=False).policy is not None  # the explicit opt-out
+    assert load(bad, verify=False).policy is not None  # the explicit opt-out
 
 
 def test_an_edited_manifest_field_breaks_the_checksum(good, tmp_path):
@@ -167,9 +167,9 @@ def test_missing_checksum_is_partial_and_needs_force(good, tmp_path, how):
     report = check_file(bad)
     assert report.level == "PARTIAL" and any("no checksum recorded" in w for w in report.warnings)
     with pytest.raises(CheckpointError, match="no checksum recorded"):
-        load_checkpoint(bad)
+        load(bad)
     with pytest.warns(UserWarning, match="no checksum recorded"):
-        assert load_checkpoint(bad, force=True).policy is not None
+        assert load(bad, force=True).policy is not None
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -178,7 +178,7 @@ def test_non_finite_weights_are_reported_and_refused(tmp_path, value):
     p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3, linear=[16], core_hidden=8))
     with torch.no_grad():
         p.actor[-1].weight[0, 0] = value
-    path = save_checkpoint(tmp_path / "nan.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 1}, run="r", seed=0)
+    path = save(tmp_path / "nan.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 1}, run="r", seed=0)
     msg = refused(path, "NaN or infinity")
     assert "policy/actor.0.weight" in msg
     assert any("NaN or infinity" in e for e in check_file(path).errors)
@@ -311,7 +311,7 @@ def demo_ckpt(tmp_path) -> Path:
     spec = env_spec_of_recipe("demo")
     torch.manual_seed(0)
     p = build_policy(cfg.policy.model_copy(update={"obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions, "obs_scale": list(spec.obs_scale)}))
-    return save_checkpoint(tmp_path / "demo.safetensors", p, env_spec=spec.to_dict(), progress={"epoch": 1, "agent_step": 1}, run="d", seed=1, config=cfg.model_dump())
+    return save(tmp_path / "demo.safetensors", p, env_spec=spec.to_dict(), progress={"epoch": 1, "agent_step": 1}, run="d", seed=1, config=cfg.model_dump())
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -338,10 +338,10 @@ def test_cli_eval_refuses_altered_and_non_finite_files_in_one_line(demo_ckpt, tm
     code, out, err = run_cli(capsys, "eval", str(flipped), "episodes=1", "env.num_envs=2")
     assert code == 2 and out == ""
     one_line(err, str(flipped), "checksum mismatch")
-    ck = load_checkpoint(demo_ckpt)
+    ck = load(demo_ckpt)
     with torch.no_grad():
         ck.policy.actor[-1].bias.fill_(math.nan)
-    nan = save_checkpoint(tmp_path / "nan.safetensors", ck.policy, env_spec=ck.manifest.env_spec.model_dump(), progress={"epoch": 1, "agent_step": 1},
+    nan = save(tmp_path / "nan.safetensors", ck.policy, env_spec=ck.manifest.env_spec.model_dump(), progress={"epoch": 1, "agent_step": 1},
                           run="d", seed=1, config=ck.manifest.config)
     code, out, err = run_cli(capsys, "eval", str(nan), "episodes=1", "env.num_envs=2")
     assert code == 2

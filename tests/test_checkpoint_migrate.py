@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load, read_manifest, save
 from fiberlab.checkpoint import migrate as mig
 from fiberlab.checkpoint.format import checksum, read_header, read_tensors, tensor_checksum, write_checkpoint
 from fiberlab.config import PolicyConfig
@@ -137,7 +137,7 @@ def test_raw_state_dict_of_each_architecture(tmp_path, cfg):
     assert (r.status, r.kind, r.layout) == ("migrated", "state_dict", "fiberlab"), r.reason
     out = tmp_path / "weights.safetensors"
     assert r.output == str(out) and out.is_file()
-    ck = load_checkpoint(out)
+    ck = load(out)
     same_weights(ck.policy, p)
     expected = resolve(PolicyConfig(**cfg)).model_dump()
     got = ck.policy.config.model_dump()
@@ -161,7 +161,7 @@ def test_training_save_restores_adam_exactly(tmp_path):
     assert mig.detect_kind(src) == mig.TRAINING_SAVE
     (r,) = mig.migrate(src, tmp_path / "out" / "ck.safetensors").results
     assert r.status == "migrated" and not [w for w in r.warnings if "optimizer" in w], r
-    ck = load_checkpoint(tmp_path / "out" / "ck.safetensors")
+    ck = load(tmp_path / "out" / "ck.safetensors")
     m = ck.manifest.as_dict()
     assert m["progress"] == {"epoch": 7, "agent_step": 1234, "wall_time": 5.5} and m["seed"] == 3 and m["run"] == "train"
     same_weights(ck.policy, p)
@@ -189,7 +189,7 @@ def test_pufferlib_model_file_with_trainer_state(tmp_path):
     by_name = {Path(r.path).name: r for r in summary.results}
     assert by_name["model_000050.pt"].status == "migrated" and by_name["model_000050.pt"].layout == "pufferlib_atari"
     assert by_name["trainer_state.pt"].status == "skipped"
-    ck = load_checkpoint(run / "model_000050.safetensors")
+    ck = load(run / "model_000050.safetensors")
     m = ck.manifest.as_dict()
     assert m["architecture"] == "atari" and m["policy_config"]["obs_shape"] == [1, 105, 80] and m["policy_config"]["obs_scale"] == [255.0]
     assert m["progress"]["epoch"] == 50 and m["progress"]["agent_step"] == 5000 and m["run"] == "puffrun"
@@ -219,7 +219,7 @@ def test_metta_named_file_with_fast_layout(tmp_path):
     torch.save(metta.state_dict(), src)
     (r,) = mig.migrate(src).results
     assert (r.status, r.layout) == ("migrated", "metta_fast"), r.reason
-    ck = load_checkpoint(tmp_path / "myrun__e12__s3456__t78__sc12345.safetensors")
+    ck = load(tmp_path / "myrun__e12__s3456__t78__sc12345.safetensors")
     m = ck.manifest.as_dict()
     assert m["run"] == "myrun" and m["progress"] == {"epoch": 12, "agent_step": 3456, "wall_time": 78.0, "score": 1.2345}
     assert m["architecture"] == "fast" and m["policy_config"]["obs_shape"] == [5, 11, 11]
@@ -247,7 +247,7 @@ def test_policy_record_dict_and_safetensors_state_dict(tmp_path):
     assert read_manifest(tmp_path / "rec.safetensors").as_dict()["progress"] == {"epoch": 4, "agent_step": 40, "wall_time": 0.0, "score": 0.5}
     assert results["plain.safetensors"].output == str(plain)  # in place, the original kept as .bak
     assert (tmp_path / "plain.safetensors.bak").read_bytes() == original
-    same_weights(load_checkpoint(plain).policy, p)
+    same_weights(load(plain).policy, p)
 
 
 # --------------------------------------------------------------------------- fiberlab versions
@@ -255,9 +255,9 @@ def test_v1_fixture_loads_and_migrates_in_place(tmp_path):
     stored = read_header(FIXTURE)
     assert stored["format_version"] == 1 and "checksum" not in stored
     with pytest.raises(CheckpointError, match="no checksum recorded"):  # v1 had none: nothing vouches for its tensors
-        load_checkpoint(FIXTURE)
+        load(FIXTURE)
     with pytest.warns(UserWarning, match="format version 1 is older"):
-        old = load_checkpoint(FIXTURE, force=True)  # upgraded v1 -> current in memory, reported PARTIAL
+        old = load(FIXTURE, force=True)  # upgraded v1 -> current in memory, reported PARTIAL
     assert old.report.level == "PARTIAL" and any("fiberlab ckpt migrate" in r for r in old.report.recommendations)
     assert old.manifest.format_version == FORMAT_VERSION and old.manifest.checksum.startswith("sha256:")
     path = tmp_path / "v1.safetensors"
@@ -266,7 +266,7 @@ def test_v1_fixture_loads_and_migrates_in_place(tmp_path):
     (r,) = mig.migrate(path).results
     assert (r.status, r.kind, r.output, r.backup) == ("migrated", "fiberlab_v1", str(path), str(path) + ".bak"), r.reason
     assert (tmp_path / "v1.safetensors.bak").read_bytes() == FIXTURE.read_bytes()
-    new = load_checkpoint(path)
+    new = load(path)
     assert new.report.level == "FULL"
     assert new.manifest == old.manifest  # on disk exactly what the chain gives in memory
     same_weights(new.policy, old.policy)
@@ -281,21 +281,21 @@ def test_v2_fixture_is_verified_then_upgraded(tmp_path):
     stored = read_header(FIXTURE_V2)
     assert stored["format_version"] == 2 and stored["checksum"] == tensor_checksum(read_tensors(FIXTURE_V2))
     with pytest.warns(UserWarning, match="format version 2 is older"):
-        old = load_checkpoint(FIXTURE_V2)  # verified, no force needed
+        old = load(FIXTURE_V2)  # verified, no force needed
     assert old.manifest.format_version == FORMAT_VERSION and old.manifest.checksum != stored["checksum"]
     bad = tmp_path / "v2_bad.safetensors"
     data = bytearray(FIXTURE_V2.read_bytes())
     data[-5] ^= 0x10  # a tensor byte
     bad.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
-        load_checkpoint(bad)
+        load(bad)
     (r,) = mig.migrate(bad).results
     assert r.status == "failed" and "checksum mismatch" in r.reason
     path = tmp_path / "v2.safetensors"
     shutil.copy(FIXTURE_V2, path)
     (r,) = mig.migrate(path, backup=False).results
     assert r.status == "migrated", r.reason
-    new = load_checkpoint(path)
+    new = load(path)
     assert new.report.level == "FULL" and new.manifest == old.manifest
     same_weights(new.policy, old.policy)
 
@@ -344,7 +344,7 @@ def test_pickled_module_needs_trust(tmp_path):
     assert "RecurrentPolicy" in r.reason and not (tmp_path / "whole.safetensors").exists()
     (r,) = mig.migrate(src, trust_pickle=True).results
     assert r.status == "migrated", r.reason
-    same_weights(load_checkpoint(tmp_path / "whole.safetensors").policy, p)
+    same_weights(load(tmp_path / "whole.safetensors").policy, p)
 
 
 def test_unmappable_weights_fail_with_reasons(tmp_path):
@@ -373,7 +373,7 @@ def test_directory_batch_summary_report_and_exit_code(tmp_path, capsys):
     p = policy_of(MLP)
     torch.save(p.state_dict(), d / "good.pt")
     torch.save(p.state_dict(), d / "sub" / "deep.pth")
-    save_checkpoint(d / "current.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 2}, run="r", seed=0)
+    save(d / "current.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 2}, run="r", seed=0)
     (d / "bad.pt").write_bytes(b"\x80\x02garbage")
     torch.save(Evil(tmp_path / "PWNED"), d / "evil.pt")
     (d / "notes.txt").write_text("not a candidate")

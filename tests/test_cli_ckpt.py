@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from fiberlab.checkpoint import load_checkpoint, save_checkpoint
+from fiberlab.checkpoint import load, save
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
@@ -11,7 +11,7 @@ from fiberlab.policies import build_policy
 def _ckpt(path):
     torch.manual_seed(0)
     p = build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3))
-    return save_checkpoint(path, p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 1}, run="r", seed=0)
+    return save(path, p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 1}, run="r", seed=0)
 
 
 def test_compress_decompress_directory_round_trip(cli, tmp_path):
@@ -19,13 +19,13 @@ def test_compress_decompress_directory_round_trip(cli, tmp_path):
     a = _ckpt(d / "a.safetensors")
     _ckpt(d / "b.safetensors")
     original = a.read_bytes()
-    weights = load_checkpoint(a).policy.state_dict()
+    weights = load(a).policy.state_dict()
     r = cli("ckpt", "compress", str(d), "--method", "zstd", "--shuffle", "--remove-originals")
     assert r.returncode == 0, r.stderr
     assert sorted(f.name for f in d.iterdir()) == ["a.safetensors.zst", "b.safetensors.zst"]
     assert r.stdout.count("ok") == 2
     # loads straight from the compressed file
-    loaded = load_checkpoint(d / "a.safetensors.zst").policy.state_dict()
+    loaded = load(d / "a.safetensors.zst").policy.state_dict()
     assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
     r = cli("ckpt", "decompress", str(d), "--remove-originals")
     assert r.returncode == 0, r.stderr

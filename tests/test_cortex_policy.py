@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fiberlab.checkpoint import load_checkpoint, read_manifest, save_checkpoint
+from fiberlab.checkpoint import load, read_manifest, save
 from fiberlab.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, apply_overrides
 from fiberlab.cortex.base import map_state
 from fiberlab.envs import make_vecenv
@@ -101,7 +101,7 @@ def test_lstm_policies_are_unchanged():
 
 @pytest.mark.parametrize("pattern", ["A,S", "M^X,C", "AgSA"])
 def test_checkpoint_round_trip_rebuilds_the_cortex_policy(tmp_path, pattern):
-    """load_checkpoint builds on the meta device then loads the file: every cell must be rebuilt from
+    """load builds on the meta device then loads the file: every cell must be rebuilt from
     its parameters and config alone (a non-persistent buffer made in __init__ would be garbage)."""
     torch.manual_seed(0)
     p = build_policy(cortex_cfg("mlp_lstm", pattern=pattern, cortex_overrides={"RouterConfig": {"temperature": 0.5}}))
@@ -109,10 +109,10 @@ def test_checkpoint_round_trip_rebuilds_the_cortex_policy(tmp_path, pattern):
     logits, values, _ = p(_obs(p.config, 2, 5))
     (logits.square().mean() + values.square().mean()).backward()
     opt.step()
-    path = save_checkpoint(tmp_path / "c.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 10, "wall_time": 1.0}, run="r", seed=1, optimizer=opt)
+    path = save(tmp_path / "c.safetensors", p, env_spec={"name": "x"}, progress={"epoch": 1, "agent_step": 10, "wall_time": 1.0}, run="r", seed=1, optimizer=opt)
     m = read_manifest(path).as_dict()
     assert m["policy_config"]["core"] == "cortex" and m["policy_config"]["cortex_overrides"] == {"RouterConfig": {"temperature": 0.5}}
-    ck = load_checkpoint(path)
+    ck = load(path)
     assert ck.policy.config == p.config and ck.report.level == "FULL"
     a, b = p.state_dict(), ck.policy.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -137,8 +137,7 @@ def test_rollout_stores_nested_state_and_training_replays_it_exactly():
     leaves = []
     map_state(rollout.initial_state, leaves.append)
     assert len(leaves) > 2 and sum(float(t.float().abs().sum()) for t in leaves) > 0  # carried, nested
-    resets = rollout.starts.clone()
-    resets[:, 0] = False
+    resets = rollout.training_resets()
     with torch.no_grad():
         logits, values, _ = policy(rollout.obs, rollout.initial_state, resets)
         logits0, _, _ = policy(rollout.obs, None, resets)

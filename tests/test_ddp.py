@@ -6,7 +6,7 @@ import sys
 import torch
 
 from conftest import ROOT, tiny
-from fiberlab.checkpoint import load_checkpoint
+from fiberlab.checkpoint import load
 from fiberlab.rl.logging import read_metrics
 from fiberlab.rl.run_dir import list_checkpoints
 
@@ -27,6 +27,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
     single = tmp_path / "single"
     r2 = subprocess.run([sys.executable, "-m", "fiberlab", "train", *tiny(single, epochs=1)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert r2.returncode == 0, r2.stderr
-    w_ddp = load_checkpoint(ckpts[0][2]).policy.state_dict()
-    w_one = load_checkpoint(list_checkpoints(single / "t")[0][2]).policy.state_dict()
+    w_ddp = load(ckpts[0][2]).policy.state_dict()
+    w_one = load(list_checkpoints(single / "t")[0][2]).policy.state_dict()
     assert any(not torch.equal(w_ddp[k], w_one[k]) for k in w_ddp)

@@ -45,14 +45,14 @@ def test_train_resume_eval_each_env_family(cli, tmp_path, recipe, extra):
 def test_resume_restores_weights_and_optimizer(tmp_path):
     import torch
 
-    from fiberlab.checkpoint import load_checkpoint
+    from fiberlab.checkpoint import load
     from fiberlab.config import apply_overrides
     from fiberlab.recipes import get_recipe
     from fiberlab.rl.trainer import Trainer
 
     cfg = apply_overrides(get_recipe("demo"), tiny(tmp_path, epochs=2)[1:])
     Trainer(cfg).train()
-    ck2 = load_checkpoint(list_checkpoints(tmp_path / "t")[-1][2])
+    ck2 = load(list_checkpoints(tmp_path / "t")[-1][2])
     trainer = Trainer(apply_overrides(cfg, ["trainer.total_timesteps=192"]))
     env, _, policy, opt = trainer._build()
     epoch, step, _, path = trainer._resume(policy, opt)

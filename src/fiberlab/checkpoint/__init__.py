@@ -4,13 +4,11 @@ from fiberlab.checkpoint.format import (
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
-    load_checkpoint,
+    load,
     read_manifest,
-    save_checkpoint,
+    save,
 )
 from fiberlab.checkpoint.manifest import Manifest
 
-load = load_checkpoint
-save = save_checkpoint
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "Manifest", "check_file", "examine", "load", "load_checkpoint", "read_manifest", "save", "save_checkpoint"]
+__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "Manifest", "check_file", "examine", "load", "read_manifest", "save"]

@@ -150,7 +150,7 @@ def _patch_placeholder(path: Path, checksum: str) -> None:
         f.write(checksum.encode())
 
 
-def save_checkpoint(
+def save(
     path: str | Path,
     policy: torch.nn.Module,
     *,
@@ -352,7 +352,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:
+def load(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:
     """Load ``path``: validate it, rebuild the policy through the registry, restore its weights.
 
     Everything is checked before anything is allocated (``fiberlab.checkpoint.reader``): the

@@ -48,7 +48,7 @@ from fiberlab.checkpoint.format import (
     parse_json,
     read_header,
     read_manifest,
-    save_checkpoint,
+    save,
     write_checkpoint,
 )
 
@@ -588,7 +588,7 @@ def _migrate_probed(path: Path, out: Path | None, probe: _Probe, result: FileRes
         migrated_from["name_convention"] = fields["name_convention"]
 
     def write() -> None:
-        save_checkpoint(
+        save(
             target, policy, env_spec=fields["env_spec"], progress=fields["progress"], run=fields["run"],
             seed=fields["seed"], config=None, optimizer=optimizer, extra_manifest={"migrated_from": migrated_from},
         )

@@ -72,7 +72,7 @@ class Examined:
     unverified: bool = False  # set by read_verified_tensors when the file records no checksum
 
     def load(self, device: str | torch.device = "cpu", *, force: bool = False, verify: bool = True) -> Checkpoint:
-        """Read, verify and materialise: the :class:`Checkpoint` ``load_checkpoint`` returns."""
+        """Read, verify and materialise: the :class:`Checkpoint` ``load`` returns."""
         from fiberlab.checkpoint.versions import upgrade
 
         report = self.report

@@ -16,7 +16,7 @@ import os
 import sys
 
 from fiberlab.cli import Parser, resolve_train_dir, user_input
-from fiberlab.config import TrainConfig, apply_overrides
+from fiberlab.config import apply_overrides
 from fiberlab.errors import BadInput, FiberlabError, OperationFailed, first_line
 
 PROG = "fiberlab"
@@ -79,34 +79,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             flags[key] = val == "true"
         else:
             rest.append(item)
-    import torch
-
-    from fiberlab.checkpoint import examine, load_checkpoint
-    from fiberlab.config import EnvConfig
-    from fiberlab.envs import make_vecenv
-    from fiberlab.rl.evaluate import evaluate
-    from fiberlab.rl.trainer import resolve_device
+    from fiberlab.rl.evaluate import evaluate_checkpoint
 
     with user_input():
-        manifest = examine(args.checkpoint).manifest  # a damaged header is reported before anything else
-        cfg = manifest.run_config(args.checkpoint)
-        if cfg is None:  # converted files do not know their env: it must be named
-            cfg = TrainConfig(env=EnvConfig(name=manifest.env_spec.name or "unknown"))
-            if not any(item.startswith("env.name=") for item in rest):
-                raise BadInput(f"{args.checkpoint}: records no run config (a migrated file?): name the env with env.name=FAMILY.NAME")
-        cfg = apply_overrides(cfg, rest)
-        device = resolve_device(cfg.device)
-        torch.set_num_threads(cfg.trainer.torch_threads)
-        env = make_vecenv(cfg.env, cfg.seed + 12_345)
-        try:  # validated, verified (checksum, finite weights) and judged against this env
-            ck = load_checkpoint(args.checkpoint, env_spec=env.spec, force=flags["force"])
-        except BaseException:
-            env.close()
-            raise
-    policy = ck.policy.to(device).eval()
-    with env:
-        result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=flags["greedy"])
-    print(json.dumps({"checkpoint": str(args.checkpoint), "env": cfg.env.name, **result}))
+        result = evaluate_checkpoint(args.checkpoint, episodes, rest, greedy=flags["greedy"], force=flags["force"])
+    print(json.dumps(result))
     return 0
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from fiberlab.atomic import write_json_atomic
 from fiberlab.cortex.base import MemoryModule, detach_state
 from fiberlab.cortex.tasks import TASKS, make_task, task_params
-from fiberlab.rl.trainer import resolve_device
+from fiberlab.devices import resolve_device
 
 StackBuilder = Callable[..., MemoryModule]  # (pattern, d_hidden, num_layers) -> stack
 

@@ -17,7 +17,7 @@ def _thresholds(thresholds: Thresholds | dict | None) -> Thresholds:
 
 
 def _layer_widths(run_dir: Path, thresholds: Thresholds) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    from fiberlab.checkpoint import load_checkpoint
+    from fiberlab.checkpoint import load
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -28,7 +28,7 @@ def _layer_widths(run_dir: Path, thresholds: Thresholds) -> tuple[list[dict[str,
     rows: list[dict[str, Any]] = []
     units: dict[str, int] = {}
     for epoch, step, path in ckpts:
-        policy = load_checkpoint(path).policy
+        policy = load(path).policy
         outputs = {layer.name for layer in layer_graph(policy) if layer.kind == "out"}
         widths = {k: v for k, v in find_fibers(policy, thresholds).widths().items() if k not in outputs}
         row: dict[str, Any] = {"epoch": epoch, "agent_step": step}

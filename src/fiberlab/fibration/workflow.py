@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fiberlab.atomic import write_json_atomic
-from fiberlab.checkpoint import load_checkpoint
+from fiberlab.checkpoint import load
 from fiberlab.config import TrainConfig, apply_overrides
 from fiberlab.fibration.collapse import collapse
 from fiberlab.fibration.controls import ablate, fiber_widths, node_count, param_count
@@ -64,7 +64,7 @@ def continued_name(exp: str, epoch: int) -> str:
 
 
 def _source_config(src: Source) -> TrainConfig:
-    cfg = load_checkpoint(src.path).manifest.run_config(str(src.path))
+    cfg = load(src.path).manifest.run_config(str(src.path))
     if cfg is None:
         raise ValueError(f"{src.path}: records no run config (a migrated file?): collapse needs a run trained by fiberlab")
     return cfg
@@ -72,14 +72,9 @@ def _source_config(src: Source) -> TrainConfig:
 
 def zero_shot_return(policy: torch.nn.Module, cfg: TrainConfig, episodes: int) -> float:
     """Mean return of ``policy`` on a fresh env of ``cfg``, before any retraining."""
-    from fiberlab.envs import make_vecenv
-    from fiberlab.rl.evaluate import evaluate
+    from fiberlab.rl.evaluate import evaluate_in
 
-    env = make_vecenv(cfg.env, cfg.seed + 54_321)
-    try:
-        return float(evaluate(policy.eval(), env, episodes, "cpu", seed=cfg.seed)["mean_return"])
-    finally:
-        env.close()
+    return float(evaluate_in(policy, cfg, episodes)["mean_return"])
 
 
 def _layers_report(before: dict[str, tuple[int, int]], after: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -106,7 +101,7 @@ def collapse_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = 
     """Collapse ``run``'s checkpoint and train the collapsed policy in a new run."""
     src = resolve_source(train_dir, run, epoch)
     base_cfg = apply_overrides(_source_config(src), [f"train_dir={train_dir}"])
-    policy = load_checkpoint(src.path).policy
+    policy = load(src.path).policy
     fibers = find_fibers(policy, thr)
     small = collapse(policy, fibers)
     name, _ = run_names(run, src.epoch, thr)
@@ -136,7 +131,7 @@ def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = No
     """Random ablation to the collapsed per-layer widths, ``draws`` times, each trained in a run."""
     src = resolve_source(train_dir, run, epoch)
     base_cfg = apply_overrides(_source_config(src), [f"train_dir={train_dir}"])
-    policy = load_checkpoint(src.path).policy
+    policy = load(src.path).policy
     fibers = find_fibers(policy, thr)
     widths = fiber_widths(fibers)
     _, name = run_names(run, src.epoch, thr)
@@ -168,7 +163,7 @@ def continue_run(train_dir: str, run: str, epoch: int | None = None, overrides: 
     """
     src = resolve_source(train_dir, run, epoch)
     base_cfg = apply_overrides(_source_config(src), [f"train_dir={train_dir}"])
-    policy = load_checkpoint(src.path).policy
+    policy = load(src.path).policy
     nodes, params = node_count(policy), param_count(policy)
     report = {
         "kind": "continued", "source_run": run, "source_checkpoint": str(src.path), "source_epoch": src.epoch,

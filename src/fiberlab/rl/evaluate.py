@@ -1,12 +1,29 @@
-"""Evaluate a policy: run episodes in a fresh env and summarise their (unclipped) returns."""
+"""Evaluate a policy: run episodes in a fresh env and summarise their (unclipped) returns.
+
+Three entry points, one loop:
+
+- :func:`evaluate` runs a policy in an env you built;
+- :func:`evaluate_in` builds the env a run config names (on the config's device) and runs it there;
+- :func:`evaluate_checkpoint` loads a checkpoint (validated, verified, judged against that env) and
+  evaluates it on its own recipe's env. ``fiberlab eval``, the fibration workflows' zero-shot
+  returns and the sweeps all call this one, so the same checkpoint gives the same number everywhere.
+
+The env seed is ``cfg.seed + EVAL_SEED_OFFSET``: evaluation never replays the training env's seeds.
+"""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
+from fiberlab.config import EnvConfig, TrainConfig, apply_overrides
 from fiberlab.envs.base import VecEnv
+from fiberlab.errors import BadInput
+
+EVAL_SEED_OFFSET = 12_345
 
 
 @torch.no_grad()
@@ -15,6 +32,7 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
 
     All envs run in parallel and the first ``episodes`` to finish are counted, so with fewer envs
     than episodes long episodes are not under-represented by more than one batch's worth.
+    ``ci95_return`` is the half-width of the 95 % normal interval of the mean, 1.96 * std / sqrt(n).
     """
     gen = torch.Generator().manual_seed(seed)
     obs = torch.as_tensor(env.reset(seed)).to(device)
@@ -22,8 +40,7 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
     start = torch.ones(env.num_agents, dtype=torch.bool, device=device)
     finished, steps = [], 0
     while len(finished) < episodes and steps < max_steps:
-        state = policy.core.reset_state(state, start)
-        logits, _, state = policy.step(obs, state)
+        logits, _, state = policy.step(obs, state, resets=start)
         if greedy:
             action = logits.argmax(-1)
         else:
@@ -36,10 +53,60 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
     finished = finished[:episodes]
     rets = np.array([e.episode_return for e in finished], dtype=np.float64)
     lens = np.array([e.length for e in finished], dtype=np.float64)
+    n = len(rets)
     return {
-        "episodes": len(finished),
-        "mean_return": float(rets.mean()) if len(rets) else math.nan,
-        "std_return": float(rets.std()) if len(rets) else math.nan,
-        "mean_length": float(lens.mean()) if len(lens) else math.nan,
+        "episodes": n,
+        "mean_return": float(rets.mean()) if n else math.nan,
+        "std_return": float(rets.std()) if n else math.nan,
+        "ci95_return": float(1.96 * rets.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+        "mean_length": float(lens.mean()) if n else math.nan,
         "steps": steps,
     }
+
+
+def evaluate_in(policy: torch.nn.Module, cfg: TrainConfig, episodes: int, greedy: bool = False) -> dict:
+    """Evaluate ``policy`` on a fresh env of ``cfg.env`` on ``cfg.device`` (``auto``: CUDA if present)."""
+    from fiberlab.devices import resolve_device
+    from fiberlab.envs import make_vecenv
+
+    device = resolve_device(cfg.device)
+    with make_vecenv(cfg.env, cfg.seed + EVAL_SEED_OFFSET) as env:
+        return evaluate(policy.to(device).eval(), env, episodes, device, seed=cfg.seed, greedy=greedy)
+
+
+def checkpoint_run_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+    """The run config a checkpoint records, with ``overrides`` applied (header only, nothing loaded).
+
+    A converted file (``ckpt migrate``) records no config: then ``env.name=...`` must be among the
+    overrides, or :class:`~fiberlab.errors.BadInput` says so.
+    """
+    from fiberlab.checkpoint import examine
+
+    overrides = list(overrides)
+    manifest = examine(path).manifest  # a damaged header is reported before anything else
+    cfg = manifest.run_config(str(path))
+    if cfg is None:
+        if not any(item.startswith("env.name=") for item in overrides):
+            raise BadInput(f"{path}: records no run config (a migrated file?): name the env with env.name=FAMILY.NAME")
+        cfg = TrainConfig(env=EnvConfig(name=manifest.env_spec.name or "unknown"))
+    return apply_overrides(cfg, overrides)
+
+
+def evaluate_checkpoint(path: str | Path, episodes: int = 10, overrides: Iterable[str] = (), greedy: bool = False, force: bool = False) -> dict:
+    """Load ``path`` and evaluate it on the env its own run config names (``overrides`` change it).
+
+    The checkpoint is validated, its checksum verified and its policy judged against the env built
+    here (``force=True`` accepts what only loads with warnings). Returns :func:`evaluate`'s summary
+    plus ``checkpoint`` and ``env``.
+    """
+    from fiberlab.checkpoint import load
+    from fiberlab.devices import resolve_device
+    from fiberlab.envs import make_vecenv
+
+    cfg = checkpoint_run_config(path, overrides)
+    device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.trainer.torch_threads)
+    with make_vecenv(cfg.env, cfg.seed + EVAL_SEED_OFFSET) as env:
+        policy = load(path, env_spec=env.spec, force=force).policy.to(device).eval()
+        result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=greedy)
+    return {"checkpoint": str(path), "env": cfg.env.name, **result}

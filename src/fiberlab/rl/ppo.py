@@ -55,10 +55,7 @@ def ppo_update(
 ) -> UpdateStats:
     """Several epochs of clipped-PPO over ``rollout``; ``model`` may be a DDP wrapper."""
     n, horizon = rollout.actions.shape
-    resets = rollout.starts.clone()
-    resets[:, 0] = False  # the stored initial state already had step 0's reset applied
-    if not cfg.reset_in_training:
-        resets[:] = False
+    resets = rollout.training_resets(cfg.reset_in_training)
     sums = np.zeros(5)
     count = 0
     for _ in range(cfg.update_epochs):

@@ -1,8 +1,13 @@
 """Rollout storage and collection for truncated BPTT.
 
 Buffers are allocated once per run as ``[num_agents, bptt_horizon, ...]`` (segment-major, so a
-minibatch is a set of whole rows). The recurrent state fed to step 0 of each segment is stored
-(detached): it is the segment's initial state in training when ``trainer.pass_state``.
+minibatch is a set of whole rows). The recurrent state carried into step 0 of each segment is
+stored (detached, before step 0's reset): it is the segment's initial state in training when
+``trainer.pass_state``.
+
+Resets have one contract, the cores' (``forward(x, state, resets=...)``): ``starts[:, t]`` says "an
+episode starts at step t: zero the state before it", and the same mask is passed when acting
+(``policy.step``) and when training (``policy.forward``), so training replays what acting saw.
 """
 from __future__ import annotations
 
@@ -32,8 +37,18 @@ class Rollout:
     values: torch.Tensor  # [N, T]
     rewards: torch.Tensor  # [N, T]
     dones: torch.Tensor  # [N, T] bool: episode ended after this step
-    starts: torch.Tensor  # [N, T] bool: this step is an episode's first
-    initial_state: State  # state fed to step 0, after its reset (nested dict for a cortex core)
+    starts: torch.Tensor  # [N, T] bool: this step is an episode's first (the resets acting used)
+    initial_state: State  # state carried into step 0, before its reset (nested dict for a cortex core)
+
+    def training_resets(self, in_segment: bool = True) -> torch.Tensor:
+        """The ``resets`` mask the PPO forward pass uses: ``starts`` itself, or, with
+        ``in_segment=False`` (``trainer.reset_in_training=false``, an ablation), only the resets at
+        the segments' first step, so the stored state is still cleared where an episode began."""
+        if in_segment:
+            return self.starts
+        resets = torch.zeros_like(self.starts)
+        resets[:, 0] = self.starts[:, 0]
+        return resets
 
     @classmethod
     def allocate(cls, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, state: State, device: torch.device) -> "Rollout":
@@ -68,13 +83,11 @@ class RolloutCollector:
         """Fill the buffer; return it, V(s_T) for bootstrapping, finished episodes, agent steps."""
         buf, episodes = self.buf, []
         for t in range(self.horizon):
-            if bool(self.start.any()):
-                self.state = self.policy.core.reset_state(self.state, self.start)
             if t == 0:
                 copy_state_(buf.initial_state, self.state)
             buf.obs[:, t] = self.obs
             buf.starts[:, t] = self.start
-            logits, value, self.state = self.policy.step(self.obs, self.state)
+            logits, value, self.state = self.policy.step(self.obs, self.state, resets=self.start)
             logp_all = torch.log_softmax(logits, dim=-1)
             action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
             buf.actions[:, t] = action
@@ -87,6 +100,5 @@ class RolloutCollector:
             done_t = torch.as_tensor(done).to(self.device)
             buf.dones[:, t] = done_t
             self.start = done_t
-        state = self.policy.core.reset_state(self.state, self.start)
-        _, next_value, _ = self.policy.step(self.obs, state)
+        _, next_value, _ = self.policy.step(self.obs, self.state, resets=self.start)
         return buf, next_value, episodes, self.env.num_agents * self.horizon

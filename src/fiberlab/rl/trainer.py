@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fiberlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fiberlab.checkpoint import CheckpointError, load, save
 from fiberlab.config import TrainConfig
+from fiberlab.devices import resolve_device
 from fiberlab.errors import first_line
 from fiberlab.envs import make_vecenv
 from fiberlab.policies import RecurrentPolicy, build_policy
@@ -25,16 +26,6 @@ from fiberlab.rl.logging import MetricsLogger, Progress
 from fiberlab.rl.ppo import ppo_update
 from fiberlab.rl.rollout import RolloutCollector
 from fiberlab.rl.run_dir import checkpoint_name, default_run_name, list_checkpoints, make_run_dir, remove_made_dirs, save_config, start_over, truncate_metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available: use device=auto or device=cpu")
-    return dev
 
 
 @dataclass
@@ -96,7 +87,7 @@ class Trainer:
         fresh = copy.deepcopy(policy.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state()
         for epoch, step, path in reversed(list_checkpoints(self.run_dir)):
             try:
-                ck = load_checkpoint(path, self.device)
+                ck = load(path, self.device)
                 if ck.policy.config != policy.config:
                     raise ValueError(f"run {self.cfg.run!r} exists with a different policy config; use resume=false to start over or another run name")
                 policy.load_state_dict(ck.policy.state_dict())
@@ -151,7 +142,7 @@ class Trainer:
         def checkpoint() -> Path:
             nonlocal saved_epoch
             path = self.run_dir / "checkpoints" / checkpoint_name(cfg.run, epoch, agent_step)
-            save_checkpoint(
+            save(
                 path, policy, env_spec=env.spec.to_dict(), run=cfg.run, seed=cfg.seed, config=cfg.model_dump(),
                 progress={"epoch": epoch, "agent_step": agent_step, "wall_time": wall_before + time.time() - t_start},
                 optimizer=optimizer, rng={"numpy": _jsonable(np.random.get_state())}, torch_rng=torch.get_rng_state(),
