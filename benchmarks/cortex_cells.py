@@ -31,20 +31,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import fiberlab  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "src"))
-
+import bench_common  # the src/ fallback for a plain checkout, and the machine line
 import torch
 from torch import nn
 
@@ -155,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device if args.device != "auto" else "cpu"]
     torch.set_num_threads(args.threads)
-    print(f"cortex cells: forward+backward, B={args.batch} T={args.steps} H={args.hidden}, median of {args.repeats}; "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "
-          f"cpus {os.cpu_count()}")
+    print(f"cortex cells: forward+backward, B={args.batch} T={args.steps} H={args.hidden}, median of {args.repeats}")
+    print(bench_common.machine_line())
     rows, missing = [], []
     for dev in devices:
         device = torch.device(dev)
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['seq_over_step']:>8.2f}x {r['vs_lstm']:>14.3f}x {r['step_vs_lstm']:>15.3f}x")
         rows.extend(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": platform.platform(), "torch": torch.__version__, "batch": args.batch,
+        args.json.write_text(json.dumps({"machine": bench_common.machine(), "torch": torch.__version__, "batch": args.batch,
                                          "steps": args.steps, "hidden": args.hidden, "repeats": args.repeats,
                                          "threads": torch.get_num_threads(), "rows": rows, "not_measured": missing}, indent=2))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiberlab.cortex.tasks import TASKS, chance_accuracy, make_task
+from fiberlab.experiments.memory_tasks import TASKS, chance_accuracy, make_task
 
 N = 300
 

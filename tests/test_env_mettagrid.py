@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("mettagrid")
 
-from fiberlab.config import EnvConfig, MettagridEnvConfig  # noqa: E402
-from fiberlab.envs.base import EpisodeStats  # noqa: E402
-from fiberlab.envs.mettagrid import MettagridVecEnv, TokenBox  # noqa: E402
+from fiberlab.config import EnvConfig, MettagridEnvConfig
+from fiberlab.envs.base import EpisodeStats
+from fiberlab.envs.mettagrid import MettagridVecEnv, TokenBox
 
 SMALL = {
     "mettagrid.arena": MettagridEnvConfig(num_agents=6, max_steps=40),

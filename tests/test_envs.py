@@ -12,7 +12,7 @@ def test_popgym_batch_flattens_and_autoresets():
     assert obs.shape == (3, 4) and np.all(obs.sum(1) == 1.0)  # one-hot suits
     episodes, steps = [], 0
     while len(episodes) < 3:
-        obs, r, d, eps = env.step(np.zeros(3, dtype=np.int64))
+        obs, _, _, eps = env.step(np.zeros(3, dtype=np.int64))
         steps += 1
         episodes += eps
         assert np.all(obs.sum(1) == 1.0)
@@ -77,3 +77,16 @@ def test_atari_returns_are_real_scores_when_rewards_are_clipped():
     else:
         pytest.fail("no BeamRider episode finished in 3000 steps")
     env.close()
+
+
+def test_mettagrid_package_imports_without_mettagrid():
+    """mettagrid is imported only when an env is built: the maps table and the adapter import without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['mettagrid'] = None\n"
+            "import fiberlab.envs.mettagrid as m\n"
+            "assert list(m.MAPS) == ['arena', 'navigation', 'assembly_lines']\n"
+            "assert all(r.name == k for k, r in m.MAPS.items())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr

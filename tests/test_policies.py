@@ -79,3 +79,30 @@ def test_reset_makes_outputs_independent_of_the_past():
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError):
         build_policy({"name": "os.system", "obs_shape": [4], "num_actions": 2})
+
+
+def test_architecture_records_are_frozen_and_match_the_config_names():
+    import dataclasses
+    import typing
+
+    from fiberlab.config import ConfigError
+    from fiberlab.policies import ARCHITECTURES, architecture
+
+    assert set(ARCHITECTURES) == set(typing.get_args(PolicyConfig.model_fields["name"].annotation))
+    for name, arch in ARCHITECTURES.items():
+        assert arch.name == name and arch.source
+        assert len(arch.conv_channels) == len(arch.conv_geometry)
+        assert (arch.encoder == "conv") == bool(arch.conv_geometry)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ARCHITECTURES["fast"].lstm_bias = 0.0
+    with pytest.raises(ConfigError, match="unknown architecture 'nope': allowed are atari, fast, mlp_lstm"):
+        architecture("nope")
+
+
+def test_bad_policy_settings_are_config_errors():
+    from fiberlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs 3 entries"):
+        build_policy(PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9, conv_channels=[8]))
+    with pytest.raises(ConfigError, match="only used with policy.core=cortex"):
+        build_policy(PolicyConfig(name="mlp_lstm", obs_shape=[4], num_actions=3, num_layers=2))

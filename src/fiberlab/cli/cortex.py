@@ -69,8 +69,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fiberlab.cortex.tasks import TASKS
     from fiberlab.experiments.cortex_eval import EvalConfig, check_config, run_eval
+    from fiberlab.experiments.memory_tasks import TASKS
 
     if args.task not in TASKS:
         raise BadInput(f"unknown task {args.task!r}: allowed are {', '.join(TASKS)}")

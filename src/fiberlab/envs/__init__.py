@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from fiberlab.config import EnvConfig
+from fiberlab.config import ConfigError, EnvConfig
 from fiberlab.envs.base import EnvSpec, EpisodeStats, VecEnv
 
 FAMILIES = ("popgym", "atari", "mettagrid")
@@ -14,7 +14,7 @@ def make_vecenv(cfg: EnvConfig, seed: int = 0) -> VecEnv:
     """Build the batch of environments named by ``cfg.name`` (``family.Name``)."""
     family = cfg.name.split(".", 1)[0]
     if "." not in cfg.name or family not in FAMILIES:
-        raise ValueError(f"unknown env {cfg.name!r}: allowed are {', '.join(f + '.<Name>' for f in FAMILIES)}")
+        raise ConfigError(f"unknown env {cfg.name!r}: allowed are {', '.join(f + '.<Name>' for f in FAMILIES)}")
     if family == "popgym":
         from fiberlab.envs.popgym import PopgymVecEnv
 

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from fiberlab.config import EnvConfig
+from fiberlab.config import ConfigError, EnvConfig
 from fiberlab.envs.base import EnvSpec, EpisodeStats, EpisodeTracker, VecEnv
 
 
@@ -38,7 +38,7 @@ class AtariVecEnv(VecEnv):
 
         game = ale_game_id(cfg.name.split(".", 1)[1])
         if game not in ale_games():
-            raise ValueError(f"unknown Atari game {cfg.name.split('.', 1)[1]!r}: allowed are ALE ROM ids such as {', '.join(ale_games()[:8])}, ...")
+            raise ConfigError(f"unknown Atari game {cfg.name.split('.', 1)[1]!r}: allowed are ALE ROM ids such as {', '.join(ale_games()[:8])}, ...")
         a = cfg.atari
         h, w = (105, 80) if a.obs_mode == "puffer" else (84, 84)
         self.clip_rewards = a.clip_rewards

@@ -17,7 +17,7 @@ Conventions (all adapters):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class EnvSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EnvSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EnvSpec:
         d = dict(d)
         for k in ("obs_shape", "feature_names", "action_names", "obs_scale"):
             if k in d:
@@ -102,7 +102,7 @@ class VecEnv:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "VecEnv":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from fiberlab.config import EnvConfig
+from fiberlab.config import ConfigError, EnvConfig
 from fiberlab.envs.base import EnvSpec, EpisodeStats, EpisodeTracker, VecEnv
 
 
@@ -26,7 +26,7 @@ def _make_one(env_name: str) -> gym.Env:
     for cls, info in popgym.envs.ALL.items():
         if info["id"] == f"popgym-{env_name}-v0":
             return cls()
-    raise ValueError(f"unknown popgym env {env_name!r}: allowed are {', '.join(popgym_env_names())}")
+    raise ConfigError(f"unknown popgym env {env_name!r}: allowed are {', '.join(popgym_env_names())}")
 
 
 class _Flattener:

@@ -28,12 +28,14 @@ JSON already exists with the same settings is read back, not rerun.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +43,8 @@ from torch import nn
 
 from fiberlab.atomic import write_json_atomic
 from fiberlab.cortex.base import MemoryModule, detach_state
-from fiberlab.cortex.tasks import TASKS, make_task, task_params
 from fiberlab.devices import resolve_device
+from fiberlab.experiments.memory_tasks import TASKS, make_task, task_params
 
 StackBuilder = Callable[..., MemoryModule]  # (pattern, d_hidden, num_layers) -> stack
 
@@ -122,7 +124,7 @@ class SequenceClassifier(nn.Module):
         bounds = [0, *range(first, T + 1, chunk_size)]
         state = None
         with torch.no_grad():  # every chunk but the last: state only, no graph
-            for lo, hi in zip(bounds[:-2], bounds[1:-1]):
+            for lo, hi in itertools.pairwise(bounds[:-1]):
                 _, state = self.stack(self.embed(tokens[:, lo:hi]), state)
         state = None if state is None else detach_state(state)
         y, _ = self.stack(self.embed(tokens[:, bounds[-2]:]), state)

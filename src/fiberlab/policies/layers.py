@@ -1,6 +1,7 @@
 """Small building blocks: PufferLib/CleanRL's orthogonal initialisation and MLP stacks."""
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import nn
@@ -16,7 +17,7 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = True) -> nn.Sequential:
     """Linear layers between consecutive ``sizes``, each followed by ``activation``."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(layer_init(nn.Linear(a, b)))
         if last_activation or i < len(sizes) - 2:
             layers.append(activation())

@@ -1,4 +1,4 @@
-"""The recurrent actor-critic every architecture in the registry builds.
+"""The recurrent actor-critic every architecture in ``fiberlab.policies.ARCHITECTURES`` builds.
 
 encoder (obs -> features) -> core (memory, dict state) -> actor head (logits), critic head (value).
 """

@@ -2,9 +2,10 @@
 
 Why these: each task isolates one memory skill (hold one symbol for a long time, count, match
 brackets, combine two distant bits, look up a key) and has a known chance level, so a memory
-backbone that beats chance has provably carried information across time. The readout is always at
-the LAST step of the sequence (``embedding -> stack -> linear(y[:, -1])``), see
-:mod:`fiberlab.experiments.cortex_eval`.
+backbone that beats chance has provably carried information across time. They are evaluation
+data, not part of the backbone library (:mod:`fiberlab.cortex`): :mod:`fiberlab.experiments.cortex_eval`
+and ``fiberlab cortex eval`` train on them. The readout is always at the LAST step of the sequence
+(``embedding -> stack -> linear(y[:, -1])``).
 
 Every generator takes a seeded ``numpy.random.Generator`` and returns ``tokens`` ``[N, T]`` int64
 (ids in ``[0, vocab_size)``) and ``labels`` ``[N]`` int64 (in ``[0, num_classes)``). Token 0 is
@@ -16,8 +17,9 @@ always the blank filler. The same seed gives the same data. Defaults follow the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
