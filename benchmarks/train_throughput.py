@@ -11,7 +11,7 @@ warm-up epoch. Groups (``--only``):
   the same rollout length, epochs, minibatch size and total steps.
 - ``beam_rider``: ALE BeamRider, ``atari`` policy: env alone, env + forward, our trainer.
 - ``arena``: mettagrid arena (24 agents per map), ``fast`` policy: env alone, env + forward, our
-  trainer (skipped with a message when ``fiberlab.envs.mettagrid`` cannot be imported).
+  trainer (skipped with a message when ``mettagrid`` is not installed).
 
 Usage::
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
+from bench_common import ROOT, SRC, machine, machine_line
+
 WORKER_TAG = "BENCH_RESULT "
 
 # Budgets in agent steps per row: (full, --quick). The first epoch (rollout + update) is a warm-up
@@ -51,13 +50,6 @@ MIN_SECONDS = (3.0, 0.5)  # env-only / forward-only rows run at least this long 
 
 
 # =============================================================================== configuration
-def _ensure_src_on_path() -> None:
-    try:
-        import fiberlab  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, str(SRC))
-
-
 def group_config(group: str, num_envs: int, quick: bool, device: str, extra: list[str] | None = None):
     """The fiberlab TrainConfig a group's rows share (recipe defaults, our num_envs and budget).
 
@@ -261,7 +253,6 @@ WORKERS = {"env": work_env, "forward": work_forward, "ours": work_ours, "sb3_ppo
 
 
 def worker_main(spec: dict) -> None:
-    _ensure_src_on_path()
     import torch
 
     cfg = group_config(spec["group"], spec["num_envs"], spec["quick"], spec["device"], spec["set"])
@@ -314,9 +305,9 @@ def _skip_reasons(groups: list[str]) -> tuple[dict[str, str], bool]:
     skips: dict[str, str] = {}
     if "arena" in groups:
         try:
-            import fiberlab.envs.mettagrid  # noqa: F401
+            import mettagrid  # noqa: F401  (fiberlab.envs.mettagrid imports it only when an env is built)
         except Exception as e:  # the adapter may not exist yet, or mettagrid may be missing
-            skips["arena"] = f"arena skipped: `import fiberlab.envs.mettagrid` failed ({type(e).__name__}: {e})"
+            skips["arena"] = f"arena skipped: `import mettagrid` failed ({type(e).__name__}: {e})"
     try:
         import sb3_contrib  # noqa: F401
         import stable_baselines3  # noqa: F401
@@ -378,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(json.loads(args.worker))
         return 0
 
-    _ensure_src_on_path()
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
@@ -409,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch.__version__}, "
+    print(f"{machine_line()}, "
           f"device {args.device}{' (cuda available)' if torch.cuda.is_available() else ''}", flush=True)
     for g, c in configs.items():
         t = c.trainer
@@ -459,8 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if r.get("error")]
     if args.json:
         out = {
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                        "cuda": torch.cuda.is_available()},
+            "machine": {**machine(), "cuda": torch.cuda.is_available()},
             "args": {k: v for k, v in vars(args).items() if k != "worker"},
             "rows": rows, "ratios": ratios, "skipped": skips,
         }

@@ -48,19 +48,24 @@ def test_resume_restores_weights_and_optimizer(tmp_path):
     from fiberlab.checkpoint import load
     from fiberlab.config import apply_overrides
     from fiberlab.recipes import get_recipe
+    from fiberlab.rl.callbacks import Callback
     from fiberlab.rl.trainer import Trainer
+
+    class AtStart(Callback):  # what the loop starts from, seen through the hook
+        def on_train_start(self, trainer):
+            self.epoch, self.step, self.path = trainer.epoch, trainer.agent_step, trainer.last_checkpoint
+            self.weights = [p.detach().clone() for p in trainer.policy.parameters()]
+            self.adam_steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()]
 
     cfg = apply_overrides(get_recipe("demo"), tiny(tmp_path, epochs=2)[1:])
     Trainer(cfg).train()
     ck2 = load(list_checkpoints(tmp_path / "t")[-1][2])
-    trainer = Trainer(apply_overrides(cfg, ["trainer.total_timesteps=192"]))
-    env, _, policy, opt = trainer._build()
-    epoch, step, _, path = trainer._resume(policy, opt)
-    env.close()
-    assert (epoch, step) == (2, 128) and path == ck2.path
-    for a, b in zip(policy.parameters(), ck2.policy.parameters()):
+    seen = AtStart()
+    Trainer(apply_overrides(cfg, ["trainer.total_timesteps=192"]), callbacks=[seen]).train()
+    assert (seen.epoch, seen.step) == (2, 128) and seen.path == ck2.path
+    for a, b in zip(seen.weights, ck2.policy.parameters()):
         assert torch.equal(a, b)
-    assert all(int(s["step"]) == 2 * 4 * 2 for s in opt.state_dict()["state"].values())  # 2 epochs x 4 update epochs x 2 minibatches
+    assert seen.adam_steps and all(s == 2 * 4 * 2 for s in seen.adam_steps)  # 2 epochs x 4 update epochs x 2 minibatches
 
 
 def test_resume_false_starts_over(cli, tmp_path):
@@ -94,26 +99,26 @@ def test_same_seed_same_metrics(cli, tmp_path):
     assert [r["policy_loss"] for r in read_metrics(c / "t")] != [r["policy_loss"] for r in ra]
 
 
-def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
     import torch
 
-    import fiberlab.rl.trainer as trainer_mod
-    from fiberlab.cli.main import main
+    import fiberlab
+    from fiberlab.rl.callbacks import Callback
+    from fiberlab.rl.ppo import TrainingDiverged
 
-    real = trainer_mod.compute_gae
-    calls = {"n": 0}
+    class PoisonRewards(Callback):  # from the third rollout on, the rewards are NaN
+        calls = 0
 
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        adv, ret = real(*a, **k)
-        if calls["n"] >= 3:
-            ret = ret * torch.nan
-        return adv, ret
+        def on_rollout_end(self, rollout):
+            self.calls += 1
+            if self.calls >= 3:
+                rollout.rewards.fill_(torch.nan)
 
-    monkeypatch.setattr(trainer_mod, "compute_gae", poisoned)
-    code = main(["train", *tiny(tmp_path, epochs=5)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "loss became nan" in err[0] and "t__e2__s128" in err[0]
+    with pytest.raises(TrainingDiverged) as e:
+        fiberlab.train("demo", tiny(tmp_path, epochs=5)[1:], callbacks=[PoisonRewards()])
+    msg = str(e.value)
+    assert "\n" not in msg and "loss became nan at epoch 2" in msg and "last good checkpoint:" in msg and "t__e2__s128" in msg
+    assert e.value.exit_code == 1  # the CLI's one handler prints it as one line, exit 1
     assert [c[0] for c in list_checkpoints(tmp_path / "t")] == [1, 2]
 
 

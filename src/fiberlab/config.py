@@ -129,6 +129,9 @@ class TrainerConfig(StrictModel):
     ent_coef: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
     norm_adv: bool = True
+    # Early stop of an update when a minibatch's approx KL to the rollout policy exceeds this
+    # (None: off, the default, as in CleanRL and SB3; SB3 users often set 0.01 - 0.05).
+    target_kl: float | None = Field(None, gt=0)
     adam_eps: float = Field(1e-5, gt=0)
     pass_state: bool = True  # segment starts from the state stored at rollout time (else zeros)
     reset_in_training: bool = True  # zero the state at episode starts inside a segment
@@ -173,6 +176,35 @@ def _parse_value(raw: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
+
+
+def override_strings(overrides: Any) -> list[str]:
+    """Overrides in any of the forms the Python API takes, as the CLI's ``key=value`` strings.
+
+    ``None``; a mapping of dotted names to Python values (``{"trainer.total_timesteps": 1e5,
+    "run": "exp1"}``: each value is written as JSON, so it parses back to itself, a string as a
+    string); or an iterable of ``"key=value"`` strings, read as the CLI reads them. One parser
+    (:func:`apply_overrides`) then reads them all.
+    """
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, dict) or hasattr(overrides, "items"):
+        out = []
+        for key, value in overrides.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"bad override key {key!r}: dotted names such as 'trainer.total_timesteps' are allowed")
+            try:
+                out.append(f"{key}={json.dumps(value)}")
+            except (TypeError, ValueError):
+                raise ConfigError(f"bad value {value!r} for {key!r}: numbers, strings, booleans, lists and dicts are allowed") from None
+        return out
+    out = list(overrides)
+    for item in out:
+        if not isinstance(item, str):
+            raise ConfigError(f"bad override {item!r}: 'key=value' strings or a dict of dotted names are allowed")
+    return out
 
 
 def apply_overrides(cfg: BaseModel, overrides: list[str]) -> BaseModel:

@@ -16,8 +16,7 @@ import os
 import sys
 
 from fiberlab.cli import Parser, resolve_train_dir, user_input
-from fiberlab.config import apply_overrides
-from fiberlab.errors import BadInput, FiberlabError, OperationFailed, first_line
+from fiberlab.errors import BadInput, FiberlabError, first_line
 
 PROG = "fiberlab"
 # OS errors about a path the user gave (exit 2); any other OS error (disk full, I/O error) is 1
@@ -35,27 +34,14 @@ def cmd_recipes(_: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fiberlab.api import train
     from fiberlab.experiments.plots import plot_learning_curve
-    from fiberlab.recipes import get_recipe
-    from fiberlab.rl.ppo import TrainingDiverged
-    from fiberlab.rl.trainer import Trainer
 
     train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
     if train_dir is not None:
         overrides.append(f"train_dir={train_dir}")
-    with user_input():
-        cfg = apply_overrides(get_recipe(args.recipe), overrides)
-        trainer = Trainer(cfg)
-    try:
-        with user_input():  # e.g. a run name taken by a run with another policy config
-            result = trainer.train()
-    except TrainingDiverged as e:
-        from fiberlab.rl.run_dir import list_checkpoints
-
-        ckpts = list_checkpoints(trainer.run_dir)
-        last = ckpts[-1][2] if ckpts else "none"
-        raise OperationFailed(f"{first_line(e)}; last good checkpoint: {last}") from e
-    if not trainer.dist.is_main:
+    result = train(args.recipe, overrides)
+    if not result.is_main:
         return 0
     curve = plot_learning_curve(result.run_dir)
     print(f"run:          {result.run_dir}")
@@ -126,10 +112,6 @@ def _remember_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(argv: list[str]) -> int:
-    if argv[:2] == ["ckpt", "migrate"]:  # its own parser, so flags may come before INPUT
-        from fiberlab.checkpoint import migrate
-
-        return migrate.main(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow flags that come after other positionals

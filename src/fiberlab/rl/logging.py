@@ -1,6 +1,7 @@
 """Where a run's numbers go: metrics.jsonl (always), TensorBoard, W&B, and the console.
 
 ``metrics.jsonl`` is the source of truth (one JSON object per epoch); everything else mirrors it.
+Both writers are trainer callbacks (:mod:`fiberlab.rl.callbacks`) fed the same metrics row.
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from fiberlab.config import TrainConfig
+from fiberlab.rl.callbacks import Callback
 
 
 def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-class MetricsLogger:
+class MetricsLogger(Callback):
     """Appends one JSON line per epoch and mirrors it to TensorBoard and W&B when enabled."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig) -> None:
@@ -52,6 +54,9 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if v is not None}, step=step)
 
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.log(row)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -73,7 +78,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class Progress:
+class ProgressDisplay(Callback):
     """A live rich panel on a terminal; one plain line per epoch elsewhere (CI, pipes, files)."""
 
     def __init__(self, mode: str, total_steps: int, run: str) -> None:
@@ -97,7 +102,7 @@ class Progress:
             t.add_row(k, _fmt(row.get(k)))
         return t
 
-    def update(self, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
         sps = row.get("sps") or 0
         eta = (self.total - row["agent_step"]) / sps if sps else None
         if row.get("episode_return") is not None:

@@ -7,12 +7,15 @@ Names follow the paper and CleanRL so the code can be checked line by line:
     v_loss   = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2))
     loss     = pg_loss - ent_coef * entropy + vf_coef * v_loss
     approx_kl = mean((ratio - 1) - logratio)        (Schulman's low-variance estimator)
+    clipfrac  = mean(|ratio - 1| > eps)
+
+The resets are the rollout's own (``Rollout.training_resets``): the forward pass gets the state
+carried into each segment and zeroes it where an episode starts, exactly as acting did.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,12 +31,15 @@ class TrainingDiverged(OperationFailed, RuntimeError):
 
 @dataclass
 class UpdateStats:
+    """Means over the minibatches of one update; the names are the metrics row's keys."""
+
     policy_loss: float
     value_loss: float
     entropy: float
     approx_kl: float
     clipfrac: float
     explained_variance: float
+    minibatches: int  # optimizer steps taken (fewer than epochs x minibatches after a target_kl stop)
 
 
 def segment_minibatches(num_segments: int, horizon: int, minibatch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -53,11 +59,17 @@ def ppo_update(
     generator: torch.Generator,
     epoch: int = 0,
 ) -> UpdateStats:
-    """Several epochs of clipped-PPO over ``rollout``; ``model`` may be a DDP wrapper."""
+    """Several epochs of clipped-PPO over ``rollout``; ``model`` may be a DDP wrapper.
+
+    With ``cfg.target_kl`` set, the update stops at the first minibatch whose ``approx_kl`` (to the
+    rollout policy) exceeds it, before that minibatch's step is applied (SB3 stops the same way at
+    1.5 x target_kl; CleanRL checks after each epoch). Its losses still count in the statistics.
+    """
     n, horizon = rollout.actions.shape
     resets = rollout.training_resets(cfg.reset_in_training)
-    sums = np.zeros(5)
-    count = 0
+    totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+    measured = steps = 0
+    stop = False
     for _ in range(cfg.update_epochs):
         for mb_i, idx in enumerate(segment_minibatches(n, horizon, cfg.minibatch_size, generator)):
             if cfg.pass_state:
@@ -88,18 +100,35 @@ def ppo_update(
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, minibatch {mb_i}: training stopped")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
 
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean()
                 clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-            sums += [pg_loss.item(), v_loss.item(), entropy.item(), approx_kl.item(), clipfrac.item()]
-            count += 1
+            for name, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
+                totals[name] += value.item()
+            measured += 1
+            if cfg.target_kl is not None and mean_over_ranks(approx_kl) > cfg.target_kl:
+                stop = True  # every DDP rank sees the same mean, so all stop at the same minibatch
+                break
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            steps += 1
+        if stop:
+            break
     y_pred, y_true = rollout.values.flatten(), returns.flatten()
     var_y = torch.var(y_true)
     explained_var = float("nan") if var_y == 0 else float(1 - torch.var(y_true - y_pred) / var_y)
-    m = sums / max(count, 1)
-    return UpdateStats(m[0], m[1], m[2], m[3], m[4], explained_var)
+    means = {name: total / max(measured, 1) for name, total in totals.items()}
+    return UpdateStats(**means, explained_variance=explained_var, minibatches=steps)
+
+
+def mean_over_ranks(x: torch.Tensor) -> float:
+    """``x`` averaged over the DDP ranks (itself without DDP), as a Python float."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        x = x.detach().clone()
+        torch.distributed.all_reduce(x)  # SUM: the one reduction every backend has
+        x /= torch.distributed.get_world_size()
+    return float(x)

@@ -1,15 +1,17 @@
 """The training loop: rollout -> GAE -> PPO update -> log -> checkpoint, with resume and DDP.
 
 Read top to bottom like CleanRL: :meth:`Trainer.train` is the whole algorithm; the phases live in
-``rollout.py``, ``advantages.py`` and ``ppo.py``.
+``rollout.py``, ``advantages.py`` and ``ppo.py``; everything else a run produces (metrics file,
+TensorBoard/W&B, progress display, periodic checkpoints) hangs on the callback hooks of
+``callbacks.py``, which is also where users hook in.
 """
 from __future__ import annotations
 
 import copy
-
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -17,33 +19,53 @@ import torch
 from fiberlab.checkpoint import CheckpointError, load, save
 from fiberlab.config import TrainConfig
 from fiberlab.devices import resolve_device
-from fiberlab.errors import first_line
 from fiberlab.envs import make_vecenv
+from fiberlab.envs.base import EnvSpec, EpisodeStats
+from fiberlab.errors import BadInput, first_line
 from fiberlab.policies import RecurrentPolicy, build_policy
 from fiberlab.rl import distributed as dist_utils
 from fiberlab.rl.advantages import compute_gae
-from fiberlab.rl.logging import MetricsLogger, Progress
-from fiberlab.rl.ppo import ppo_update
+from fiberlab.rl.callbacks import Callback, CallbackList, PeriodicCheckpoint
+from fiberlab.rl.logging import MetricsLogger, ProgressDisplay
+from fiberlab.rl.ppo import TrainingDiverged, ppo_update
 from fiberlab.rl.rollout import RolloutCollector
 from fiberlab.rl.run_dir import checkpoint_name, default_run_name, list_checkpoints, make_run_dir, remove_made_dirs, save_config, start_over, truncate_metrics
 
 
 @dataclass
 class TrainResult:
+    """What a finished run leaves: the trained policy (on the training device), where it lives,
+    and the last epoch's metrics row (``None`` when the budget was already reached on resume)."""
+
     run_dir: Path
     last_checkpoint: Path | None
     epoch: int
     agent_step: int
+    policy: RecurrentPolicy | None = None
+    metrics: dict[str, Any] | None = None
+    config: TrainConfig | None = None
+    is_main: bool = True  # False on DDP ranks other than 0, which write nothing
+
+
+@dataclass
+class StartPoint:
+    """Where the loop starts: a resumed checkpoint's counters, or the beginning."""
+
+    epoch: int
+    agent_step: int
+    wall_time: float
+    checkpoint: Path | None
 
 
 class Trainer:
     """Trains ``cfg`` in ``train_dir/<run>``; resumes that run if it already has checkpoints.
 
     ``initial_policy`` starts training from a given policy (a collapsed or ablated network, say)
-    instead of a fresh one; ``initial_agent_step`` continues another run's step counter.
+    instead of a fresh one; ``initial_agent_step`` continues another run's step counter;
+    ``callbacks`` (:class:`~fiberlab.rl.callbacks.Callback`) observe and extend the loop.
     """
 
-    def __init__(self, cfg: TrainConfig, initial_policy: RecurrentPolicy | None = None, initial_agent_step: int = 0) -> None:
+    def __init__(self, cfg: TrainConfig, initial_policy: RecurrentPolicy | None = None, initial_agent_step: int = 0, callbacks: Sequence[Callback] = ()) -> None:
         self.device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.trainer.torch_threads)
         self.dist = dist_utils.init_distributed(self.device)
@@ -54,42 +76,152 @@ class Trainer:
             cfg = cfg.model_copy(update={"run": dist_utils.broadcast_object(default_run_name(cfg.recipe), self.dist)})
         self.cfg = cfg
         self.run_dir = Path(cfg.train_dir) / cfg.run
+        self.env_seed = cfg.seed + 10_007 * self.dist.rank
         self.initial_policy = initial_policy
         self.initial_agent_step = initial_agent_step
+        self.user_callbacks = CallbackList(callbacks)
+        # the loop's state, read by callbacks and written into checkpoints
+        self.env = self.policy = self.optimizer = None
+        self.epoch, self.agent_step = 0, initial_agent_step
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict[str, Any] | None = None
+        self._saved_epoch = -1
+        self._wall_before, self._t_start = 0.0, time.time()
+        self._hooks = CallbackList([])
 
-    # ------------------------------------------------------------------ setup
-    def _seed(self, offset: int) -> None:
-        torch.manual_seed(self.cfg.seed + offset)
-        np.random.seed((self.cfg.seed + offset) % 2**32)
+    # ------------------------------------------------------------------ the algorithm
+    def train(self) -> TrainResult:
+        """Run PPO until ``trainer.total_timesteps`` agent steps; return the trained policy and where it lives."""
+        cfg, tc, is_main = self.cfg, self.cfg.trainer, self.dist.is_main
+        made = self._prepare_run_dir()
+        try:
+            self.env = env = make_vecenv(cfg.env, self.env_seed)
+            self.policy = policy = self._make_policy(env.spec)
+        except BaseException:
+            if self.env is not None:
+                self.env.close()
+            remove_made_dirs(made)  # a failed start leaves no empty run folder behind
+            raise
+        self.cfg = cfg = cfg.model_copy(update={"policy": policy.config})  # the resolved widths are the run's config
+        # fused Adam: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
+        self.optimizer = optimizer = torch.optim.Adam(policy.parameters(), lr=tc.learning_rate, eps=tc.adam_eps, fused=True)
+        start = self._resume() if cfg.resume else StartPoint(0, self.initial_agent_step, 0.0, None)
+        self.epoch, self.agent_step, self.last_checkpoint = start.epoch, start.agent_step, start.checkpoint
+        self._saved_epoch = start.epoch if start.checkpoint is not None else -1
+        self._wall_before, self._t_start = start.wall_time, time.time()
+        if is_main:
+            save_config(self.run_dir, cfg)
+            truncate_metrics(self.run_dir, self.epoch)
+        model = policy
+        if self.dist.enabled:
+            model = dist_utils.DistributedPolicy(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.policy = policy = model.module  # SyncBatchNorm conversion may have replaced modules
 
-    def _build(self):
+        collector = RolloutCollector(env, policy, tc.bptt_horizon, self.device, seed=self.env_seed + 7_919 * self.epoch)
+        gen = torch.Generator().manual_seed(cfg.seed + 31 * self.dist.rank + 1_000_003 * self.epoch)
+        self._hooks = hooks = CallbackList([*self._default_callbacks(), *self.user_callbacks.callbacks])
+        try:
+            hooks.on_train_start(self)
+            while self.agent_step < tc.total_timesteps:
+                t0 = time.time()
+                if tc.anneal_lr:
+                    self._anneal_lr()
+                # 1. rollout: bptt_horizon steps of every env with the current policy
+                policy.eval()
+                rollout, next_value, episodes, steps = collector.collect()
+                t_rollout = time.time() - t0
+                hooks.on_rollout_end(rollout)
+                # 2. advantages: GAE(gamma, lambda), bootstrapped from V(s_T)
+                advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, next_value, tc.gamma, tc.gae_lambda)
+                # 3. PPO: update_epochs passes of clipped-ratio minibatch updates over whole segments
+                policy.train()
+                try:
+                    stats = ppo_update(model, optimizer, rollout, advantages, returns, tc, gen, self.epoch)
+                except TrainingDiverged as e:
+                    raise TrainingDiverged(f"{first_line(e)}; last good checkpoint: {self._last_good_checkpoint()}") from e
+                self.epoch += 1
+                self.agent_step += steps * self.dist.world_size
+                # 4. log: one metrics row per epoch, by name (metrics.jsonl, display, checkpoints hook here)
+                elapsed = time.time() - t0
+                self.last_metrics = row = {
+                    "agent_step": self.agent_step,
+                    "epoch": self.epoch,
+                    "wall_time": round(self.wall_time(), 3),
+                    "sps": round(steps * self.dist.world_size / elapsed, 1),
+                    "rollout_sps": round(steps * self.dist.world_size / max(t_rollout, 1e-9), 1),
+                    **_episode_summary(episodes, self.dist),
+                    **asdict(stats),
+                    "learning_rate": optimizer.param_groups[0]["lr"],
+                }
+                hooks.on_epoch_end(row)
+            if is_main and self._saved_epoch != self.epoch and self.epoch > 0:
+                self.save_checkpoint()  # a run always ends with a checkpoint of its last epoch
+            # all ranks leave together: a rank that destroys the process group while rank 0 is
+            # still writing its last checkpoint was seen to abort ("terminate called without an
+            # active exception") in tests/test_ddp.py
+            dist_utils.barrier(self.dist)
+            result = TrainResult(self.run_dir, self.last_checkpoint, self.epoch, self.agent_step, policy, self.last_metrics, cfg, is_main)
+            hooks.on_train_end(result)
+        finally:
+            try:
+                hooks.close()
+            finally:
+                env.close()
+                if self.dist.enabled:
+                    dist_utils.shutdown(self.dist)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write the current policy, optimizer and RNG state as ``checkpoints/<run>__e<epoch>__s<step>``."""
         cfg = self.cfg
-        env_seed = cfg.seed + 10_007 * self.dist.rank
-        env = make_vecenv(cfg.env, env_seed)
-        spec = env.spec
-        pcfg = cfg.policy.model_copy(update={"obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions, "obs_scale": list(spec.obs_scale)})
-        self._seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        path = self.run_dir / "checkpoints" / checkpoint_name(cfg.run, self.epoch, self.agent_step)
+        save(
+            path, self.policy, env_spec=self.env.spec.to_dict(), run=cfg.run, seed=cfg.seed, config=cfg.model_dump(),
+            progress={"epoch": self.epoch, "agent_step": self.agent_step, "wall_time": self.wall_time()},
+            optimizer=self.optimizer, rng={"numpy": _jsonable(np.random.get_state())}, torch_rng=torch.get_rng_state(),
+        )
+        self._saved_epoch, self.last_checkpoint = self.epoch, path
+        self._hooks.on_checkpoint(path)
+        return path
+
+    def wall_time(self) -> float:
+        """Seconds of training in this run, over all its resumed sessions."""
+        return self._wall_before + time.time() - self._t_start
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_run_dir(self) -> list[Path]:
+        """``resume=false`` clears the run; the folder is made now, so a ``train_dir`` that cannot
+        hold it is reported before any work. Returns the folders made (removed on a failed start)."""
+        if self.dist.is_main and not self.cfg.resume and self.run_dir.exists():
+            start_over(self.run_dir)
+        made = make_run_dir(self.run_dir, self.cfg.train_dir) if self.dist.is_main else []
+        dist_utils.barrier(self.dist)  # no rank may read checkpoints rank 0 is deleting
+        return made
+
+    def _make_policy(self, spec: EnvSpec) -> RecurrentPolicy:
+        """The given initial policy (checked against the env) or a fresh one of ``cfg.policy``."""
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        np.random.seed(self.cfg.seed % 2**32)
         if self.initial_policy is not None:
             policy = self.initial_policy
             if list(policy.config.obs_shape) != list(spec.obs_shape) or policy.config.num_actions != spec.num_actions:
-                raise ValueError(f"initial policy expects obs {policy.config.obs_shape} / {policy.config.num_actions} actions, env gives {list(spec.obs_shape)} / {spec.num_actions}")
+                raise BadInput(f"initial policy expects obs {policy.config.obs_shape} / {policy.config.num_actions} actions, env gives {list(spec.obs_shape)} / {spec.num_actions}")
         else:
+            pcfg = self.cfg.policy.model_copy(update={"obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions, "obs_scale": list(spec.obs_scale)})
             policy = build_policy(pcfg)
-        policy = policy.to(self.device)
-        self.cfg = cfg = cfg.model_copy(update={"policy": policy.config})
-        # fused Adam: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
-        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.trainer.learning_rate, eps=cfg.trainer.adam_eps, fused=True)
-        return env, env_seed, policy, optimizer
+        return policy.to(self.device)
 
-    def _resume(self, policy, optimizer) -> tuple[int, int, float, Path | None]:
+    def _resume(self) -> StartPoint:
         """Load the newest checkpoint that loads whole (policy, optimizer, RNG); a damaged one is
-        skipped with a line saying why. Returns (epoch, agent_step, wall_time, path)."""
+        skipped with a line saying why, and nothing of it stays."""
+        policy, optimizer = self.policy, self.optimizer
         fresh = copy.deepcopy(policy.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state()
-        for epoch, step, path in reversed(list_checkpoints(self.run_dir)):
+        for _, _, path in reversed(list_checkpoints(self.run_dir)):
             try:
                 ck = load(path, self.device)
                 if ck.policy.config != policy.config:
-                    raise ValueError(f"run {self.cfg.run!r} exists with a different policy config; use resume=false to start over or another run name")
+                    raise BadInput(f"run {self.cfg.run!r} exists with a different policy config; use resume=false to start over or another run name")
                 policy.load_state_dict(ck.policy.state_dict())
                 if ck.manifest.optimizer is not None:
                     ck.load_optimizer(optimizer)
@@ -99,112 +231,38 @@ class Trainer:
                     except RuntimeError as e:
                         raise CheckpointError(f"{path}: its torch RNG state does not fit this torch ({first_line(e)})") from None
             except CheckpointError as e:
-                policy.load_state_dict(fresh[0])  # nothing of a half-restored checkpoint stays
+                policy.load_state_dict(fresh[0])
                 optimizer.load_state_dict(copy.deepcopy(fresh[1]))
                 torch.set_rng_state(fresh[2])
                 if self.dist.is_main:
                     print(f"skipping unreadable checkpoint: {e}")
                 continue
             prog = ck.manifest.progress
-            return prog.epoch, prog.agent_step, float(prog.wall_time), path
-        return 0, self.initial_agent_step, 0.0, None
+            return StartPoint(prog.epoch, prog.agent_step, float(prog.wall_time), path)
+        return StartPoint(0, self.initial_agent_step, 0.0, None)
 
-    # ------------------------------------------------------------------ loop
-    def train(self) -> TrainResult:
-        cfg, tc, is_main = self.cfg, self.cfg.trainer, self.dist.is_main
-        if is_main and not cfg.resume and self.run_dir.exists():
-            start_over(self.run_dir)
-        # a train_dir that cannot hold the run is reported now, before any work, not at the first write
-        made = make_run_dir(self.run_dir, cfg.train_dir) if is_main else []
-        dist_utils.barrier(self.dist)  # no rank may read checkpoints rank 0 is deleting
-        try:
-            env, env_seed, policy, optimizer = self._build()
-        except BaseException:
-            remove_made_dirs(made)  # a failed start leaves no empty run folder behind
-            raise
+    def _default_callbacks(self) -> list[Callback]:
+        """What every run writes, on rank 0: metrics.jsonl (+ TensorBoard/W&B), the progress display
+        and periodic checkpoints."""
+        if not self.dist.is_main:
+            return []
         cfg = self.cfg
-        epoch, agent_step, wall_before, last_ckpt = self._resume(policy, optimizer) if cfg.resume else (0, self.initial_agent_step, 0.0, None)
-        if is_main:
-            save_config(self.run_dir, cfg)
-            truncate_metrics(self.run_dir, epoch)
-        model = policy
-        if self.dist.enabled:
-            model = dist_utils.DistributedPolicy(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            policy = model.module  # SyncBatchNorm conversion may have replaced modules
+        return [MetricsLogger(self.run_dir, cfg), ProgressDisplay(cfg.progress, cfg.trainer.total_timesteps, cfg.run),
+                PeriodicCheckpoint(cfg.trainer.checkpoint_interval)]
 
-        collector = RolloutCollector(env, policy, tc.bptt_horizon, self.device, seed=env_seed + 7_919 * epoch)
-        logger = MetricsLogger(self.run_dir, cfg) if is_main else None
-        progress = Progress(cfg.progress if is_main else "none", tc.total_timesteps, cfg.run) if is_main else None
-        gen = torch.Generator().manual_seed(cfg.seed + 31 * self.dist.rank + 1_000_003 * epoch)
-        t_start = time.time()
-        saved_epoch = epoch if last_ckpt is not None else -1
+    def _anneal_lr(self) -> None:
+        """Linear decay to 0 over this session's steps: lr = (1 - done) * learning_rate."""
+        tc = self.cfg.trainer
+        done = min(1.0, (self.agent_step - self.initial_agent_step) / max(1, tc.total_timesteps - self.initial_agent_step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = (1.0 - done) * tc.learning_rate
 
-        def checkpoint() -> Path:
-            nonlocal saved_epoch
-            path = self.run_dir / "checkpoints" / checkpoint_name(cfg.run, epoch, agent_step)
-            save(
-                path, policy, env_spec=env.spec.to_dict(), run=cfg.run, seed=cfg.seed, config=cfg.model_dump(),
-                progress={"epoch": epoch, "agent_step": agent_step, "wall_time": wall_before + time.time() - t_start},
-                optimizer=optimizer, rng={"numpy": _jsonable(np.random.get_state())}, torch_rng=torch.get_rng_state(),
-            )
-            saved_epoch = epoch
-            return path
-
-        try:
-            while agent_step < tc.total_timesteps:
-                t0 = time.time()
-                if tc.anneal_lr:
-                    done_frac = min(1.0, (agent_step - self.initial_agent_step) / max(1, tc.total_timesteps - self.initial_agent_step))
-                    for g in optimizer.param_groups:
-                        g["lr"] = (1.0 - done_frac) * tc.learning_rate
-                policy.eval()
-                rollout, next_value, episodes, steps = collector.collect()
-                t_roll = time.time() - t0
-                advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, next_value, tc.gamma, tc.gae_lambda)
-                policy.train()
-                stats = ppo_update(model, optimizer, rollout, advantages, returns, tc, gen, epoch)
-                epoch += 1
-                agent_step += steps * self.dist.world_size
-                dt = time.time() - t0
-                ep = _episode_summary(episodes, self.dist)
-                row = {
-                    "agent_step": agent_step,
-                    "epoch": epoch,
-                    "wall_time": round(wall_before + time.time() - t_start, 3),
-                    "sps": round(steps * self.dist.world_size / dt, 1),
-                    "rollout_sps": round(steps * self.dist.world_size / max(t_roll, 1e-9), 1),
-                    **ep,
-                    "policy_loss": stats.policy_loss,
-                    "value_loss": stats.value_loss,
-                    "entropy": stats.entropy,
-                    "approx_kl": stats.approx_kl,
-                    "clipfrac": stats.clipfrac,
-                    "explained_variance": stats.explained_variance,
-                    "learning_rate": optimizer.param_groups[0]["lr"],
-                }
-                if is_main:
-                    logger.log(row)
-                    progress.update(row)
-                    if epoch % tc.checkpoint_interval == 0:
-                        last_ckpt = checkpoint()
-            if is_main and saved_epoch != epoch and epoch > 0:
-                last_ckpt = checkpoint()
-            # all ranks leave together: a rank that destroys the process group while rank 0 is
-            # still writing its last checkpoint was seen to abort ("terminate called without an
-            # active exception") in tests/test_ddp.py
-            dist_utils.barrier(self.dist)
-        finally:
-            if progress is not None:
-                progress.close()
-            if logger is not None:
-                logger.close()
-            env.close()
-            if self.dist.enabled:
-                dist_utils.shutdown(self.dist)
-        return TrainResult(self.run_dir, last_ckpt, epoch, agent_step)
+    def _last_good_checkpoint(self) -> str:
+        ckpts = list_checkpoints(self.run_dir)
+        return str(ckpts[-1][2]) if ckpts else "none"
 
 
-def _episode_summary(episodes, info) -> dict:
+def _episode_summary(episodes: list[EpisodeStats], info: dist_utils.DistInfo) -> dict:
     """Mean return/length (and env extras) of the episodes finished this epoch, over all ranks."""
     n = len(episodes)
     ret = sum(e.episode_return for e in episodes)

@@ -1,0 +1,113 @@
+"""``ppo_update`` against numbers worked out by hand from the PPO formulas on a 4-step batch.
+
+The "policy" returns fixed logits (both actions equally likely, so log pi = log 0.5 and the entropy
+is log 2) and fixed values; the rollout's old log-probabilities are chosen so that the ratios are
+r = [1.5, 0.9, 1.0, 0.7]. With clip eps = 0.2, advantages A = [1, -1, 2, 0.5] (not normalised):
+
+    pg terms max(-A r, -A clip(r)):  1.5 -> max(-1.5, -1.2) = -1.2   (clipped: no gradient)
+                                     0.9 -> 0.9, 1.0 -> -2.0, 0.7 -> max(-0.35, -0.4) = -0.35
+    policy_loss = (-1.2 + 0.9 - 2.0 - 0.35) / 4 = -0.6625
+    clipfrac    = |r - 1| > 0.2 for 1.5 and 0.7 -> 0.5
+    approx_kl   = mean((r - 1) - log r) = (0.094535 + 0.005361 + 0 + 0.056675) / 4 = 0.039143
+    V = [0.5, 0, 1, -0.5], V_old = [0, 0, 0.5, 0], R = [1, 0.5, 0, -1]:
+    value terms max((V - R)^2, (V_old + clip(V - V_old) - R)^2) = [0.64, 0.25, 1.0, 0.64]
+    value_loss  = 0.5 * 2.53 / 4 = 0.31625
+    explained_variance = 1 - var(R - V_old) / var(R) = 1 - (2.5/3) / (2.1875/3) = -0.142857
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fiberlab.config import TrainerConfig
+from fiberlab.rl.ppo import ppo_update
+from fiberlab.rl.rollout import Rollout
+
+RATIOS = [1.5, 0.9, 1.0, 0.7]
+ADV = [1.0, -1.0, 2.0, 0.5]
+NEW_V = [0.5, 0.0, 1.0, -0.5]
+OLD_V = [0.0, 0.0, 0.5, 0.0]
+RET = [1.0, 0.5, 0.0, -1.0]
+
+
+class FixedPolicy(nn.Module):
+    """Logits and values as parameters, one row per segment; the segment id rides in the obs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(2, 2, 2))  # [segments, steps, actions]
+        self.values = nn.Parameter(torch.tensor(NEW_V).view(2, 2))
+
+    def forward(self, obs, state, resets):
+        ids = obs[:, 0, 0].long()
+        return self.logits[ids], self.values[ids], None
+
+
+def _batch():
+    """2 segments x 2 steps (the 4 steps above in row-major order), action 0 taken everywhere."""
+    shape = (2, 2)
+    rollout = Rollout(
+        obs=torch.arange(2.0).view(2, 1, 1).expand(2, 2, 1).clone(),
+        actions=torch.zeros(shape, dtype=torch.int64),
+        logprobs=(math.log(0.5) - torch.log(torch.tensor(RATIOS))).view(shape),
+        values=torch.tensor(OLD_V).view(shape),
+        rewards=torch.zeros(shape),
+        dones=torch.zeros(shape, dtype=torch.bool),
+        starts=torch.zeros(shape, dtype=torch.bool),
+        initial_state={},
+    )
+    return rollout, torch.tensor(ADV).view(shape), torch.tensor(RET).view(shape)
+
+
+def _update(**cfg):
+    torch.manual_seed(0)
+    model = FixedPolicy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing moves: every minibatch sees the same numbers
+    tc = TrainerConfig(**{"update_epochs": 1, "minibatch_size": 4, "clip_coef": 0.2, "norm_adv": False, "pass_state": False, "ent_coef": 0.0, **cfg})
+    rollout, adv, ret = _batch()
+    stats = ppo_update(model, opt, rollout, adv, ret, tc, torch.Generator().manual_seed(0))
+    return stats, model
+
+
+def test_losses_clip_fraction_and_kl_match_the_hand_computation():
+    stats, model = _update()
+    assert stats.policy_loss == pytest.approx(-0.6625, abs=1e-6)
+    assert stats.clipfrac == pytest.approx(0.5)
+    assert stats.approx_kl == pytest.approx(0.0391426, abs=1e-6)
+    assert stats.value_loss == pytest.approx(0.31625, abs=1e-6)
+    assert stats.entropy == pytest.approx(math.log(2), abs=1e-6)
+    assert stats.explained_variance == pytest.approx(1 - 2.5 / 2.1875, abs=1e-6)
+    assert stats.minibatches == 1
+    # the clipped sample (r = 1.5 with A > 0) contributes no policy gradient; the others do
+    g = model.logits.grad.view(4, 2)
+    assert torch.all(g[0] == 0)
+    assert all(bool(g[i].abs().sum() > 0) for i in (1, 2, 3))
+
+
+def test_unclipped_value_loss_and_normalised_advantages():
+    stats, _ = _update(clip_vloss=False)
+    assert stats.value_loss == pytest.approx(0.5 * (0.25 + 0.25 + 1.0 + 0.25) / 4, abs=1e-6)
+    # normalising A changes the policy loss, not the ratio statistics
+    torch.manual_seed(0)
+    model = FixedPolicy()
+    rollout, adv, ret = _batch()
+    tc = TrainerConfig(update_epochs=1, minibatch_size=4, clip_coef=0.2, norm_adv=True, pass_state=False)
+    normed = ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.0), rollout, adv, ret, tc, torch.Generator().manual_seed(0))
+    a = (torch.tensor(ADV) - torch.tensor(ADV).mean()) / (torch.tensor(ADV).std() + 1e-8)
+    r = torch.tensor(RATIOS)
+    expected = torch.max(-a * r, -a * r.clamp(0.8, 1.2)).mean().item()
+    assert normed.policy_loss == pytest.approx(expected, abs=1e-6) and normed.policy_loss != pytest.approx(-0.6625)
+    assert normed.clipfrac == pytest.approx(0.5) and normed.approx_kl == pytest.approx(0.0391426, abs=1e-6)
+
+
+def test_target_kl_stops_the_update_before_the_step_that_exceeds_it():
+    stats, model = _update(target_kl=0.01, update_epochs=3)  # approx_kl 0.039 > 0.01 at the first minibatch
+    assert stats.minibatches == 0 and model.logits.grad is None  # no step taken, nothing back-propagated
+    assert stats.approx_kl == pytest.approx(0.0391426, abs=1e-6)  # the measurement that stopped it is reported
+    stats, _ = _update(target_kl=0.05, update_epochs=3)  # below the target: all 3 epochs run
+    assert stats.minibatches == 3
+    stats, _ = _update(update_epochs=3)  # off by default
+    assert stats.minibatches == 3
