@@ -31,22 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
-
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import fiberlab  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "src"))
+from typing import Any
 
 import numpy as np
 import torch
+
+# imported before fiberlab: puts src/ on the path when fiberlab is not installed
+from bench_common import machine, machine_line, median_time, reference_policies
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import cdist, squareform
 
@@ -55,9 +49,7 @@ from fiberlab.fibration import collapse, find_fibers, layer_graph
 from fiberlab.fibration.fibers import Fibers, Thresholds
 from fiberlab.fibration.graph import conv_output_positions
 
-ATARI = PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9, obs_scale=[255.0])
-FAST = PolicyConfig(name="fast", obs_shape=[34, 11, 11], num_actions=5)
-CONFIGS = {"atari": ATARI, "fast": FAST}
+CONFIGS = reference_policies()
 TARGETS = {"atari": 3.0, "fast": 1.0}  # seconds, find_fibers + collapse, 2 cores
 MERGE = Thresholds(linear=1.0, cnn=1.0, lstm=1.2, critic=1.2)
 THRESHOLDS = {"default": Thresholds(), "merge": MERGE}
@@ -202,33 +194,26 @@ def same_fibers(a: Fibers, b: Fibers) -> bool:
 
 
 # =============================================================================== timing
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
 def bench(arch: str, weights: str, thr_name: str, repeats: int) -> dict[str, Any]:
     policy = make_policy(CONFIGS[arch], weights)
     thr = THRESHOLDS[thr_name]
 
-    def ours() -> Fibers:
-        f = find_fibers(policy, thr)
-        collapse(policy, f)
-        return f
+    found: dict[str, Fibers] = {}
 
-    def ref() -> Fibers:
-        f = reference_fibers(policy, thr)
-        collapse(policy, f)
-        return f
+    def ours() -> None:
+        found["ours"] = find_fibers(policy, thr)
+        collapse(policy, found["ours"])
+
+    def ref() -> None:
+        found["ref"] = reference_fibers(policy, thr)
+        collapse(policy, found["ref"])
 
     ours()  # warm-up (first BLAS / scipy calls)
     t_ours, t_ref = [], []
-    for _ in range(repeats):
-        t, f_ours = timed(ours)
-        t_ours.append(t)
-        t, f_ref = timed(ref)
-        t_ref.append(t)
+    for _ in range(repeats):  # interleaved, so drifts of the machine hit both alike
+        t_ours.append(median_time(ours, 1))
+        t_ref.append(median_time(ref, 1))
+    f_ours, f_ref = found["ours"], found["ref"]
     mo, mr = statistics.median(t_ours), statistics.median(t_ref)
     n_params = sum(p.numel() for p in policy.parameters())
     small = collapse(policy, f_ours)
@@ -252,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = [("atari", "init", "default"), ("fast", "init", "default"), ("fast", "init", "merge")]
     else:
         settings = [(a, w, t) for a in ("atari", "fast") for w in ("init", "sgd") for t in ("default", "merge")]
-    print(f"fibration benchmark: find_fibers + collapse, median of {repeats}; torch threads {torch.get_num_threads()}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, cpus {os.cpu_count()}")
+    print(f"fibration benchmark: find_fibers + collapse, median of {repeats}")
+    print(machine_line())
     rows = []
     for arch, weights, thr_name in settings:
         r = bench(arch, weights, thr_name, repeats)
@@ -270,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     all_met = all(r["met"] for r in rows)
     print(f"targets (atari < {TARGETS['atari']:.0f} s, fast < {TARGETS['fast']:.0f} s): {'all met' if all_met else 'NOT all met'}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(), "repeats": repeats,
+        m = machine()
+        args.json.write_text(json.dumps({"machine": m["platform"], "python": m["python"], "machine_info": m, "repeats": repeats,
                                          "rows": rows, "all_met": all_met}, indent=2))
     return 0
 

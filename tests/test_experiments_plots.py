@@ -5,6 +5,7 @@ import json
 import pytest
 from conftest import tiny
 
+from fiberlab.errors import BadInput
 from fiberlab.experiments.compare import compare_runs, group_name
 from fiberlab.experiments.fibers_over_time import (
     fibers_over_time,
@@ -117,16 +118,16 @@ def test_identical_names_in_two_train_dirs_form_one_group(tmp_path):
 
 def test_compare_errors(tmp_path):
     good = make_run(tmp_path, "good", STEPS, [1.0] * 20)
-    with pytest.raises(ValueError, match="unknown run dir"):
+    with pytest.raises(BadInput, match="unknown run dir"):
         compare_runs([good, tmp_path / "nope"], tmp_path / "x.png")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no metrics"):
+    with pytest.raises(BadInput, match="no metrics"):
         compare_runs([tmp_path / "empty"], tmp_path / "x.png")
     make_run(tmp_path, "nulls", STEPS[:3], [None] * 3)
-    with pytest.raises(ValueError, match="no finished episodes") as e:
+    with pytest.raises(BadInput, match="no finished episodes") as e:
         compare_runs([tmp_path / "nulls"], tmp_path / "x.png")
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="no runs"):
+    with pytest.raises(BadInput, match="no runs"):
         compare_runs([], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
@@ -153,8 +154,8 @@ def test_fibers_over_time_one_row_per_checkpoint(tmp_path):
     out = tmp_path / "elsewhere"
     assert write_fibers_over_time(run, None, out_dir=out)[0].parent == out
 
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         fibers_over_time(tmp_path / "missing", None)
     (tmp_path / "bare").mkdir()
-    with pytest.raises(ValueError, match="no checkpoints"):
+    with pytest.raises(BadInput, match="no checkpoints"):
         write_fibers_over_time(tmp_path / "bare", None)

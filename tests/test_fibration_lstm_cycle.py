@@ -201,8 +201,10 @@ def test_cycles_match_the_reference() -> None:
 
 
 def test_lstm_fields_in_fibers_json(tmp_path) -> None:
+    from fiberlab.experiments.fibration_runs import save_fibers
+
     fibers = find_fibers(_cycling_policy(), dict(linear=0.0, cnn=0.0, lstm=THR, critic=0.0))
-    d = json.loads(fibers.save(tmp_path / "fibers.json").read_text())
+    d = json.loads(save_fibers(fibers, tmp_path / "fibers.json").read_text())
     assert {k: d[k] for k in F.LSTM_KEYS} == {"lstm_rounds": 2, "lstm_converged": False, "lstm_cycle": 2, "lstm_refine_rounds": 1}
     back = Fibers.from_dict(d)
     assert back.lstm_report() == fibers.lstm_report() and back.meta == {}

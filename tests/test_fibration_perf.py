@@ -26,6 +26,8 @@ SCRIPT = ROOT / "benchmarks" / "fibration.py"
 
 
 def _bench():
+    if str(SCRIPT.parent) not in sys.path:  # the script imports benchmarks/bench_common.py, as when run
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_fibration", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

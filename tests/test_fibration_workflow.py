@@ -1,11 +1,40 @@
 """collapse / ablate / scratch through the command line on a tiny real run."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from conftest import tiny
+from fiberlab.experiments.collapse_report import CollapseReport
 from fiberlab.fibration.fibers import LSTM_KEYS
 from fiberlab.rl.logging import read_metrics
+
+# collapse_report.json keys per kind, in order, as written before CollapseReport (old run folders must read the same)
+SRC = ["source_run", "source_checkpoint", "source_epoch", "source_agent_step"]
+REPORT_KEYS = {
+    "collapsed": ["kind", *SRC, "thresholds", *LSTM_KEYS, "layers", "nodes_before", "nodes_after", "node_fraction", "param_fraction",
+                  "params_before", "params_after", "return_original", "return_collapsed", "draw"],
+    "ablation": ["kind", *SRC, "thresholds", *LSTM_KEYS, "layers", "kept", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw"],
+    "continued": ["kind", *SRC, "thresholds", "layers", "nodes_before", "nodes_after", "node_fraction", "param_fraction",
+                  "params_before", "params_after", "return_original", "return_collapsed", "draw"],
+    "scratch": [*SRC, "thresholds", "layers", "node_fraction", "param_fraction", "kind", "like", "return_original", "return_collapsed", "draw"],
+}
+
+
+@pytest.mark.parametrize("kind", list(REPORT_KEYS))
+def test_report_keys_per_kind(kind):
+    d = CollapseReport(kind, source_run="exp", node_fraction=0.5).to_dict()
+    assert list(d) == REPORT_KEYS[kind] and d["kind"] == kind and d["source_run"] == "exp"
+    assert CollapseReport.from_dict(d).to_dict() == d  # and it reads back
+    assert CollapseReport.from_dict({"source_agent_step": 3, "extra": 1}).kind == "collapsed"  # an old file without kind
+
+
+def test_method_package_imports_policies_only():
+    """fiberlab.fibration is the method: it may use fiberlab.policies (and errors/config), never the run machinery."""
+    src = Path(__file__).resolve().parents[1] / "src" / "fiberlab" / "fibration"
+    used = {m for f in src.glob("*.py") for m in re.findall(r"^\s*(?:from|import) (fiberlab(?:\.\w+)?)", f.read_text(), re.MULTILINE)}
+    assert used <= {"fiberlab.fibration", "fiberlab.policies", "fiberlab.errors", "fiberlab.config"}, used
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""``fiberlab collapse | ablate | continue | scratch | fibers | compare | pipeline``: parse, call fiberlab.fibration.workflow, print JSON.
+"""``fiberlab collapse | ablate | continue | scratch | fibers | compare | pipeline``: parse, call
+:mod:`fiberlab.experiments` (``fibration_runs``, ``fibration_pipeline``, ``fibers_over_time``,
+``compare``), print.
 
-Errors go up to the one handler in :func:`fiberlab.cli.main.main`. ``--train-dir DIR`` and a
+Errors go up to the one handler in :func:`fiberlab.cli.main.main`: the experiments raise
+:class:`~fiberlab.errors.BadInput` for bad input themselves. ``--train-dir DIR`` and a
 ``train_dir=DIR`` override are the same setting here, as in ``fiberlab train``: the folder the
 source runs are read from and the new runs are written to.
 """
@@ -9,17 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 
-from fiberlab.cli import count, resolve_train_dir, user_input
+from fiberlab.cli import count, resolve_train_dir
 from fiberlab.errors import BadInput
 
 DEFAULT_TRAIN_DIR = "./train_dir"
+THRESHOLD_FLAGS = (("threshold", "threshold"), ("linear-thr", "linear_thr"), ("cnn-thr", "cnn_thr"), ("lstm-thr", "lstm_thr"), ("critic-thr", "critic_thr"))
+SUMMARY_KEYS = ("run", "kind", "source_run", "source_epoch", "source_agent_step", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw")
 
 
-def _thresholds(args: argparse.Namespace):
-    from fiberlab.fibration.workflow import parse_thresholds
+def parse_thresholds(args: argparse.Namespace):
+    """``--threshold T`` sets all four; per-type flags override; defaults otherwise."""
+    from fiberlab.fibration import Thresholds
 
-    with user_input():
-        return parse_thresholds(args.threshold, args.linear_thr, args.cnn_thr, args.lstm_thr, args.critic_thr)
+    for flag, attr in THRESHOLD_FLAGS:
+        v = getattr(args, attr)
+        if v is not None and not 0.0 <= v <= 2.0:  # also refuses NaN
+            raise BadInput(f"bad value {v} for --{flag}: thresholds are in [0, 2]")
+    t = args.threshold
+    base = Thresholds() if t is None else Thresholds(linear=t, cnn=t, lstm=t, critic=t)
+    update = {k: getattr(args, f"{k}_thr") for k in ("linear", "cnn", "lstm", "critic") if getattr(args, f"{k}_thr") is not None}
+    return base.model_copy(update=update)
 
 
 def _train_dir(args: argparse.Namespace) -> str:
@@ -33,43 +45,40 @@ def _source_checks(args: argparse.Namespace) -> None:
     count("--eval-episodes", args.eval_episodes)
 
 
-def _run(fn, args: argparse.Namespace) -> int:
-    train_dir = _train_dir(args)
-    with user_input():
-        result = fn(args, train_dir)
+def _print_runs(result: dict | list[dict]) -> int:
     for row in result if isinstance(result, list) else [result]:
-        print(json.dumps({k: row.get(k) for k in ("run", "kind", "source_run", "source_epoch", "source_agent_step", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw")}))
+        print(json.dumps({k: row.get(k) for k in SUMMARY_KEYS}))
     return 0
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
-    from fiberlab.fibration.workflow import collapse_run
+    from fiberlab.experiments.fibration_runs import collapse_run
 
     _source_checks(args)
-    thr = _thresholds(args)
-    return _run(lambda a, td: collapse_run(td, a.run, thr, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
+    thr = parse_thresholds(args)
+    return _print_runs(collapse_run(_train_dir(args), args.run, thr, args.epoch, args.overrides, eval_episodes=args.eval_episodes))
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from fiberlab.fibration.workflow import ablate_run
+    from fiberlab.experiments.fibration_runs import ablate_run
 
     _source_checks(args)
     count("--draws", args.draws, minimum=1)
-    thr = _thresholds(args)
-    return _run(lambda a, td: ablate_run(td, a.run, thr, a.epoch, a.overrides, draws=a.draws, eval_episodes=a.eval_episodes), args)
+    thr = parse_thresholds(args)
+    return _print_runs(ablate_run(_train_dir(args), args.run, thr, args.epoch, args.overrides, draws=args.draws, eval_episodes=args.eval_episodes))
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
-    from fiberlab.fibration.workflow import continue_run
+    from fiberlab.experiments.fibration_runs import continue_run
 
     _source_checks(args)
-    return _run(lambda a, td: continue_run(td, a.run, a.epoch, a.overrides, eval_episodes=a.eval_episodes), args)
+    return _print_runs(continue_run(_train_dir(args), args.run, args.epoch, args.overrides, eval_episodes=args.eval_episodes))
 
 
 def cmd_scratch(args: argparse.Namespace) -> int:
-    from fiberlab.fibration.workflow import scratch_run
+    from fiberlab.experiments.fibration_runs import scratch_run
 
-    return _run(lambda a, td: scratch_run(td, a.like, a.overrides), args)
+    return _print_runs(scratch_run(_train_dir(args), args.like, args.overrides))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -85,9 +94,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
     if train_dir is not None:
         overrides.append(f"train_dir={train_dir}")
-    thr = _thresholds(args)
-    with user_input():
-        res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
+    thr = parse_thresholds(args)
+    res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
     for stage, runs in res.runs.items():
         print(f"{stage:<10} {', '.join(runs)}")
     if res.skipped:
@@ -103,9 +111,7 @@ def cmd_fibers(args: argparse.Namespace) -> int:
     train_dir = _train_dir(args)
     if args.overrides:
         raise BadInput(f"unknown argument {args.overrides[0]!r}: fibers takes train_dir=DIR only")
-    thr = _thresholds(args)
-    with user_input():
-        csv, png = write_fibers_over_time(f"{train_dir}/{args.run}", thr)
+    csv, png = write_fibers_over_time(f"{train_dir}/{args.run}", parse_thresholds(args))
     print(f"csv: {csv}\npng: {png}")
     return 0
 
@@ -119,8 +125,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise BadInput("no runs given: name at least one run (under --train-dir) or run folder")
     if not args.out.lower().endswith(".png"):
         raise BadInput(f"bad value {args.out!r} for --out: a FILE.png path is allowed")
-    with user_input():
-        png, csv, md = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
+    png, csv, md = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
     print(f"png: {png}\ncsv: {csv}\nmd:  {md}")
     return 0
 

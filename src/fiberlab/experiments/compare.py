@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from fiberlab.atomic import save_figure_atomic, write_text_atomic
+from fiberlab.errors import BadInput
+from fiberlab.experiments.collapse_report import read_report
 from fiberlab.rl.logging import read_metrics
 
 KIND_COLORS = {"original": "tab:green", "continued": "tab:green", "collapsed": "tab:red", "ablation": "tab:orange", "scratch": "tab:purple"}
@@ -94,24 +95,16 @@ class Group:
 
 
 def load_run(run_dir: str | Path) -> RunCurve:
-    """Read one run folder; ValueError (one line) when it is missing or has no returns."""
+    """Read one run folder; BadInput (one line) when it is missing, has no returns or an unreadable report."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise ValueError(f"unknown run dir: {path}")
+        raise BadInput(f"unknown run dir: {path}")
     if not (path / "metrics.jsonl").is_file():
-        raise ValueError(f"run {path} has no metrics.jsonl")
+        raise BadInput(f"run {path} has no metrics.jsonl")
     rows = [r for r in read_metrics(path) if r.get("episode_return") is not None and r.get("agent_step") is not None]
     if not rows:
-        raise ValueError(f"run {path} has no finished episodes in metrics.jsonl")
-    report = None
-    rp = path / "collapse_report.json"
-    if rp.is_file():
-        try:
-            report = json.loads(rp.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"unreadable {rp}: {e}".splitlines()[0]) from None
-        if not isinstance(report, dict):
-            raise ValueError(f"unreadable {rp}: not a JSON object")
+        raise BadInput(f"run {path} has no finished episodes in metrics.jsonl")
+    report = read_report(path)
     kind = str(report.get("kind") or "collapsed") if report else "original"
     rows.sort(key=lambda r: r["agent_step"])
     steps = np.array([float(r["agent_step"]) for r in rows])
@@ -131,7 +124,7 @@ def _grid(runs: list[RunCurve]) -> np.ndarray:
 def build_groups(run_dirs: list[str | Path]) -> list[Group]:
     """Load and group runs (by name without ``_seed<N>``, and by kind), in first-seen order."""
     if not run_dirs:
-        raise ValueError("no runs given")
+        raise BadInput("no runs given")
     groups: dict[tuple[str, str], Group] = {}
     for d in run_dirs:
         run = load_run(d)
@@ -176,7 +169,7 @@ def _original_final(group: Group, groups: list[Group]) -> float | None:
         if src and (r.path.parent / str(src)).is_dir():
             try:
                 finals.append(load_run(r.path.parent / str(src)).final)
-            except ValueError:
+            except BadInput:
                 continue
     return float(np.mean(finals)) if finals else None
 
@@ -250,7 +243,7 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
     """Plot several runs (seed groups averaged) and write ``out_png`` plus ``<out>.csv`` (per group:
     step grid, mean, std, n seeds there) and ``<out>.md`` (summary table). Returns (png, csv, md).
 
-    Raises ValueError (one line) for an unknown run folder or one without returns in its metrics.
+    Raises BadInput (one line) for an unknown run folder or one without returns in its metrics.
     """
     import matplotlib
 

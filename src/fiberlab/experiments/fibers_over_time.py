@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
-from fiberlab.atomic import save_figure_atomic
+from fiberlab.atomic import save_figure_atomic, write_text_atomic
+from fiberlab.errors import BadInput
 from fiberlab.fibration import Thresholds, find_fibers, layer_graph
 from fiberlab.rl.run_dir import list_checkpoints
 
@@ -21,10 +21,10 @@ def _layer_widths(run_dir: Path, thresholds: Thresholds) -> tuple[list[dict[str,
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"run folder not found: {run_dir}")
+        raise BadInput(f"run folder not found: {run_dir}")
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
-        raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'}")
+        raise BadInput(f"no checkpoints in {run_dir / 'checkpoints'}")
     rows: list[dict[str, Any]] = []
     units: dict[str, int] = {}
     for epoch, step, path in ckpts:
@@ -49,7 +49,7 @@ def fibers_over_time(run_dir: str | Path, thresholds: Thresholds | dict | None =
     ``fibration.controls.node_count``), ``nodes`` (fibers summed over those layers), ``units``
     (their units summed) and ``node_fraction`` (= nodes / units).
 
-    Raises ValueError when ``run_dir`` is missing or holds no checkpoint.
+    Raises BadInput when ``run_dir`` is missing or holds no checkpoint.
     """
     return _layer_widths(Path(run_dir), _thresholds(thresholds))[0]
 
@@ -81,12 +81,7 @@ def write_fibers_over_time(
     for row in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     csv_path = out / "fibers_over_time.csv"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    try:
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, csv_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(csv_path, buf.getvalue())
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     steps = [r["agent_step"] for r in rows]

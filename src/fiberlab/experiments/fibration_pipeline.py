@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fiberlab.config import TrainConfig, apply_overrides
+from fiberlab.experiments.fibration_runs import (
+    ablate_run,
+    collapse_run,
+    continue_run,
+    continued_name,
+    run_names,
+    scratch_run,
+    train_run,
+)
 from fiberlab.fibration.fibers import Thresholds
-from fiberlab.fibration.workflow import ablate_run, collapse_run, continue_run, continued_name, run_names, scratch_run
 from fiberlab.rl.run_dir import list_checkpoints
-
 
 STAGES = ("baseline", "continued", "collapsed", "ablation", "scratch")
 
@@ -30,12 +37,6 @@ class PipelineResult:
 def _done(run_dir: Path, steps: int) -> bool:
     ckpts = list_checkpoints(run_dir)
     return bool(ckpts) and ckpts[-1][1] >= steps
-
-
-def _train_baseline(cfg: TrainConfig) -> None:
-    from fiberlab.rl.trainer import Trainer
-
-    Trainer(cfg).train()
 
 
 def _run_stages(jobs: list[tuple[str, Callable[..., Any], tuple]]) -> None:
@@ -100,7 +101,7 @@ def run_pipeline(
         if _done(Path(train_dir) / run, cfg.trainer.total_timesteps):
             result.skipped.append(run)
         else:
-            baselines.append([(f"baseline {run}", _train_baseline, (cfg,))])
+            baselines.append([(f"baseline {run}", train_run, (cfg,))])
     _execute(baselines, workers, log)
 
     jobs = []

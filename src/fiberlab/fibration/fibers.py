@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +69,7 @@ class Fibers:
         return {k: getattr(self, k) for k in LSTM_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (the run workflows write it as ``fibers.json``, readable without fiberlab)."""
         return {
             "architecture": self.architecture,
             "thresholds": self.thresholds.model_dump(),
@@ -86,14 +86,6 @@ class Fibers:
         meta = {k: v for k, v in d.items() if k not in ("architecture", "thresholds", "positions", "layers", *LSTM_KEYS)}
         lstm = {k: d[k] for k in LSTM_KEYS if k in d}
         return cls(labels, Thresholds(**d["thresholds"]), d["architecture"], d.get("positions", 1), meta=meta, **lstm)
-
-    def save(self, path: str | Path) -> Path:
-        """``fibers.json``: plain JSON, readable without fiberlab."""
-        from fiberlab.atomic import write_json_atomic
-
-        path = Path(path)
-        write_json_atomic(path, self.to_dict())
-        return path
 
 
 def _w(t: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fiberlab.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -40,7 +42,7 @@ def layer_graph(policy: nn.Module) -> list[Layer]:
     routers and gates are not a chain of unit layers, so their fibers are not defined here)."""
     core = getattr(policy.config, "core", "lstm")
     if core != "lstm":
-        raise ValueError(f"fibration supports core=lstm; got core={core}")
+        raise BadInput(f"fibration supports core=lstm; got core={core}")  # e.g. collapse --run of a cortex run
     g: list[Layer] = []
     src: str | None = None
     convs = [m for m in policy.encoder.modules() if isinstance(m, nn.Conv2d)]
