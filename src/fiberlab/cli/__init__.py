@@ -3,9 +3,9 @@
 - :class:`Parser`: the one ``ArgumentParser`` class of the root parser and so of every subparser
   (``add_subparsers`` makes its parsers of the parent's class): a usage mistake is one line
   ``fiberlab: error: ... (see 'fiberlab SUB --help')``, exit code 2.
-- :func:`user_input`: marks the library calls whose ``ValueError`` is about what the user gave;
-  they become :class:`~fiberlab.errors.BadInput`, which the single handler in
-  :func:`fiberlab.cli.main.main` prints as one line.
+- Bad input is the library's to judge: it raises :class:`~fiberlab.errors.BadInput` (one line
+  naming the value and what is allowed), which the single handler in :func:`fiberlab.cli.main.main`
+  prints; the CLI adds no checks of its own beyond its flags, so Python users get the same errors.
 - :func:`count` and :func:`resolve_train_dir`: checks shared by several commands.
 
 Light on purpose: importing it must not import torch.
@@ -13,11 +13,9 @@ Light on purpose: importing it must not import torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
-from fiberlab.errors import BadInput, FiberlabError, first_line
+from fiberlab.errors import BadInput
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,20 +24,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         msg = " ".join(str(message).split())
         self.exit(2, f"fiberlab: error: {msg} (see '{self.prog} --help')\n")
-
-
-@contextlib.contextmanager
-def user_input() -> Iterator[None]:
-    """Inside, a plain ``ValueError`` means the user's input was unusable: re-raise it as BadInput.
-
-    The project's own errors pass unchanged; anything else stays an internal error.
-    """
-    try:
-        yield
-    except FiberlabError:
-        raise
-    except ValueError as e:
-        raise BadInput(first_line(e)) from e
 
 
 def count(flag: str, value: int | None, minimum: int = 0) -> int | None:

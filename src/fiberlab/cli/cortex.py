@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fiberlab.cli import user_input
 from fiberlab.errors import BadInput
 
 SIZE_FLAGS = {"d_hidden": "--d-hidden", "num_layers": "--num-layers", "seeds": "--seeds", "epochs": "--epochs",
@@ -80,13 +79,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides[TASKS[args.task].length_param] = sizes["length"]
     configs = []
     for pattern in args.pattern:
-        with user_input():
-            cfg = EvalConfig(task=args.task, pattern=pattern, task_overrides=overrides, chunk_size=sizes["chunk_size"], device=args.device,
-                             **{k: v for k, v in sizes.items() if v is not None and k not in ("length", "chunk_size")})
-            try:
-                check_config(cfg)  # every pattern is checked before the first one trains
-            except ImportError as e:  # a cell module missing from this install
-                raise BadInput(f"pattern {pattern!r} needs a cell that cannot be imported: {e}") from e
+        cfg = EvalConfig(task=args.task, pattern=pattern, task_overrides=overrides, chunk_size=sizes["chunk_size"], device=args.device,
+                         **{k: v for k, v in sizes.items() if v is not None and k not in ("length", "chunk_size")})
+        try:
+            check_config(cfg)  # every pattern is checked before the first one trains
+        except ImportError as e:  # a cell module missing from this install
+            raise BadInput(f"pattern {pattern!r} needs a cell that cannot be imported: {e}") from e
         configs.append(cfg)
     rows = []
     for cfg in configs:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from fiberlab.cli import Parser, resolve_train_dir, user_input
+from fiberlab.cli import Parser, resolve_train_dir
 from fiberlab.errors import BadInput, FiberlabError, first_line
 
 PROG = "fiberlab"
@@ -67,8 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             rest.append(item)
     from fiberlab.rl.evaluate import evaluate_checkpoint
 
-    with user_input():
-        result = evaluate_checkpoint(args.checkpoint, episodes, rest, greedy=flags["greedy"], force=flags["force"])
+    result = evaluate_checkpoint(args.checkpoint, episodes, rest, greedy=flags["greedy"], force=flags["force"])
     print(json.dumps(result))
     return 0
 

@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ from fiberlab.cortex.column import ColumnConfig, RouterConfig
 from fiberlab.cortex.config import CortexConfig
 from fiberlab.cortex.registry import BUILTIN_CELLS, builtin_cell_config
 from fiberlab.cortex.stack import Stack, StackConfig
+from fiberlab.errors import BadInput
 
 # token -> (block config class, cell config class name, axonify)
 TOKENS: dict[str, tuple[type[BlockConfig], str, bool]] = {
@@ -52,7 +53,7 @@ STRUCTURE_CONFIGS: dict[str, type[CortexConfig]] = {
 def parse_pattern(pattern: str) -> list[str]:
     """One layer's tokens: commas and spaces separate, otherwise the longest token matches first."""
     if not isinstance(pattern, str):
-        raise ValueError(f"a layer pattern must be a string, got {pattern!r}")
+        raise BadInput(f"a layer pattern must be a string, got {pattern!r}")
     tokens, i = [], 0
     by_length = sorted(TOKENS, key=len, reverse=True)
     while i < len(pattern):
@@ -62,22 +63,22 @@ def parse_pattern(pattern: str) -> list[str]:
         tok = next((t for t in by_length if pattern.startswith(t, i)), None)
         if tok is None or pattern.startswith(tok + "^", i):
             bad = pattern[i : i + len(tok) + 1] if tok else pattern[i]
-            raise ValueError(f"unknown token {bad!r} at position {i} of pattern {pattern!r}: allowed tokens are {ALLOWED} ('^' applies to M, S, X)")
+            raise BadInput(f"unknown token {bad!r} at position {i} of pattern {pattern!r}: allowed tokens are {ALLOWED} ('^' applies to M, S, X)")
         tokens.append(tok)
         i += len(tok)
     if not tokens:
-        raise ValueError(f"empty pattern {pattern!r}: give at least one of {ALLOWED}")
+        raise BadInput(f"empty pattern {pattern!r}: give at least one of {ALLOWED}")
     return tokens
 
 
 def _layer_tokens(pattern: str | list[str], num_layers: int) -> list[list[str]]:
     if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        raise BadInput(f"num_layers must be a positive integer, got {num_layers!r}")
     if isinstance(pattern, str):
         return [parse_pattern(pattern)] * num_layers
     if not isinstance(pattern, (list, tuple)) or len(pattern) != num_layers:
         n = len(pattern) if isinstance(pattern, (list, tuple)) else pattern
-        raise ValueError(f"a list pattern needs num_layers={num_layers} entries (one per layer), got {n!r}")
+        raise BadInput(f"a list pattern needs num_layers={num_layers} entries (one per layer), got {n!r}")
     return [parse_pattern(p) for p in pattern]
 
 
@@ -87,7 +88,7 @@ def _config_class(name: str) -> type[CortexConfig]:
     if name in {c for _, c, _ in BUILTIN_CELLS}:
         return builtin_cell_config(name)
     allowed = sorted([*STRUCTURE_CONFIGS, *(c for _, c, _ in BUILTIN_CELLS)])
-    raise ValueError(f"unknown override type {name!r}: allowed are {', '.join(allowed)}")
+    raise BadInput(f"unknown override type {name!r}: allowed are {', '.join(allowed)}")
 
 
 def _check_overrides(overrides: dict[str, Any]) -> dict[type[CortexConfig], dict[str, Any]]:
@@ -96,13 +97,13 @@ def _check_overrides(overrides: dict[str, Any]) -> dict[type[CortexConfig], dict
     for name, fields in overrides.items():
         cls = _config_class(name)
         if not isinstance(fields, dict):
-            raise ValueError(f"override {name} must be a dict of fields, got {fields!r}")
+            raise BadInput(f"override {name} must be a dict of fields, got {fields!r}")
         for f in fields:
             if f not in cls.model_fields or f in ("cell", "base", "experts", "layers"):
                 allowed = sorted(set(cls.model_fields) - {"cell", "base", "experts", "layers", "d_hidden"})
-                raise ValueError(f"unknown field {name}.{f}: allowed are {', '.join(allowed) or 'none'}")
+                raise BadInput(f"unknown field {name}.{f}: allowed are {', '.join(allowed) or 'none'}")
             if f == "d_hidden":
-                raise ValueError(f"{name}.d_hidden is set by build_stack's d_hidden, not by an override")
+                raise BadInput(f"{name}.d_hidden is set by build_stack's d_hidden, not by an override")
         out[cls] = fields
     return out
 
@@ -115,7 +116,7 @@ def _make(cls: type[CortexConfig], overrides: dict, **fields: Any) -> CortexConf
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"bad value {err.get('input')!r} for {cls.__name__}.{loc}: {err['msg']}") from None
+        raise BadInput(f"bad value {err.get('input')!r} for {cls.__name__}.{loc}: {err['msg']}") from None
 
 
 def _block(token: str, d_hidden: int, overrides: dict) -> BlockConfig:
@@ -133,7 +134,7 @@ def _block(token: str, d_hidden: int, overrides: dict) -> BlockConfig:
 def stack_config(pattern: str | list[str], d_hidden: int, num_layers: int, **overrides: dict) -> StackConfig:
     """The :class:`StackConfig` a pattern names (see the module docstring)."""
     if not isinstance(d_hidden, int) or d_hidden < 1:
-        raise ValueError(f"d_hidden must be a positive integer, got {d_hidden!r}")
+        raise BadInput(f"d_hidden must be a positive integer, got {d_hidden!r}")
     layers = _layer_tokens(pattern, num_layers)
     over = _check_overrides(overrides)
     columns = [ColumnConfig(experts=[_block(t, d_hidden, over) for t in tokens], router=_make(RouterConfig, over)) for tokens in layers]

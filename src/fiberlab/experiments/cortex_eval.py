@@ -45,6 +45,7 @@ from fiberlab.atomic import write_json_atomic
 from fiberlab.cortex.base import MemoryModule, detach_state
 from fiberlab.devices import resolve_device
 from fiberlab.experiments.memory_tasks import TASKS, make_task, task_params
+from fiberlab.errors import BadInput
 
 StackBuilder = Callable[..., MemoryModule]  # (pattern, d_hidden, num_layers) -> stack
 
@@ -76,24 +77,21 @@ class EvalConfig:
     threads: int = 1
 
     def check(self) -> dict[str, Any]:
-        """ValueError with one line naming a bad value; returns the task's resolved parameters."""
+        """BadInput with one line naming a bad value; returns the task's resolved parameters."""
         params = task_params(self.task, **self.task_overrides)
         if not isinstance(self.pattern, str) or not self.pattern.strip():
-            raise ValueError(f"bad pattern {self.pattern!r}: a non-empty pattern string such as 'AgSA' is allowed")
+            raise BadInput(f"bad pattern {self.pattern!r}: a non-empty pattern string such as 'AgSA' is allowed")
         for name in ("d_hidden", "num_layers", "seeds", "epochs", "batch_size", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"bad value {value!r} for {name}: a positive integer is allowed")
+                raise BadInput(f"bad value {value!r} for {name}: a positive integer is allowed")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 10:
-            raise ValueError(f"bad value {self.samples!r} for samples: an integer >= 10 (80/10/10 split) is allowed")
+            raise BadInput(f"bad value {self.samples!r} for samples: an integer >= 10 (80/10/10 split) is allowed")
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            raise ValueError(f"bad value {self.chunk_size!r} for chunk_size: a positive integer (or none) is allowed")
+            raise BadInput(f"bad value {self.chunk_size!r} for chunk_size: a positive integer (or none) is allowed")
         if not self.lr > 0 or not self.grad_clip > 0:
-            raise ValueError(f"bad lr {self.lr!r} or grad_clip {self.grad_clip!r}: positive numbers are allowed")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"bad device {self.device!r}: cpu, cuda or auto is allowed")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for but torch sees no CUDA device: cpu or auto is allowed")
+            raise BadInput(f"bad lr {self.lr!r} or grad_clip {self.grad_clip!r}: positive numbers are allowed")
+        resolve_device(self.device)  # the one device rule: auto, cpu, cuda, cuda:N
         return params
 
     def run_name(self) -> str:

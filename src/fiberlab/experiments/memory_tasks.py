@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from fiberlab.errors import BadInput
+
 
 @dataclass(frozen=True)
 class TaskData:
@@ -218,40 +220,40 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def task_params(task: str, **overrides: Any) -> dict[str, Any]:
-    """The task's defaults with ``overrides`` merged in, checked; ValueError names a bad one."""
+    """The task's defaults with ``overrides`` merged in, checked; BadInput names a bad one."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: allowed are {', '.join(TASKS)}")
+        raise BadInput(f"unknown task {task!r}: allowed are {', '.join(TASKS)}")
     spec = TASKS[task]
     params = dict(spec.defaults)
     for key, value in overrides.items():
         if key not in params:
-            raise ValueError(f"unknown parameter {key!r} for task {task}: allowed are {', '.join(params)}")
+            raise BadInput(f"unknown parameter {key!r} for task {task}: allowed are {', '.join(params)}")
         params[key] = value
     for key, value in params.items():
         if key in ("p", "corrupt"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"bad value {value!r} for {task} {key}: a number in [0, 1] is allowed")
+                raise BadInput(f"bad value {value!r} for {task} {key}: a number in [0, 1] is allowed")
         elif key == "tail" or key == "pad":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"bad value {value!r} for {task} {key}: an integer >= 0 is allowed")
+                raise BadInput(f"bad value {value!r} for {task} {key}: an integer >= 0 is allowed")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"bad value {value!r} for {task} {key}: a positive integer is allowed")
+            raise BadInput(f"bad value {value!r} for {task} {key}: a positive integer is allowed")
     if task == "majority_headpad" and params["pad"] >= params["length"]:
-        raise ValueError(f"bad value {params['pad']} for {task} pad: less than length ({params['length']}) is allowed")
+        raise BadInput(f"bad value {params['pad']} for {task} pad: less than length ({params['length']}) is allowed")
     if task == "two_needle_xor" and params["length"] < 2:
-        raise ValueError(f"bad value {params['length']} for {task} length: at least 2 (two needles) is allowed")
+        raise BadInput(f"bad value {params['length']} for {task} length: at least 2 (two needles) is allowed")
     if task == "assoc_recall":
         if 2 * params["pairs"] > params["length"]:
-            raise ValueError(f"bad value {params['pairs']} for {task} pairs: at most length / 2 ({params['length'] // 2}) is allowed")
+            raise BadInput(f"bad value {params['pairs']} for {task} pairs: at most length / 2 ({params['length'] // 2}) is allowed")
         if params["pairs"] > params["n_keys"]:
-            raise ValueError(f"bad value {params['pairs']} for {task} pairs: at most n_keys ({params['n_keys']}) is allowed")
+            raise BadInput(f"bad value {params['pairs']} for {task} pairs: at most n_keys ({params['n_keys']}) is allowed")
     return params
 
 
 def make_task(task: str, n: int, seed: int = 0, **overrides: Any) -> TaskData:
     """Generate ``n`` samples of ``task`` with ``numpy.random.default_rng(seed)``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"bad value {n!r} for the number of samples: a positive integer is allowed")
+        raise BadInput(f"bad value {n!r} for the number of samples: a positive integer is allowed")
     params = task_params(task, **overrides)
     spec = TASKS[task]
     tokens, labels = spec.make(np.random.default_rng(seed), n, **params)

@@ -38,7 +38,21 @@ def resolve(cfg: PolicyConfig) -> PolicyConfig:
     out = cfg.model_copy(update=filled)
     if len(out.conv_channels) != len(arch.conv_geometry):
         raise ConfigError(f"policy.conv_channels for {cfg.name!r} needs {len(arch.conv_geometry)} entries, got {out.conv_channels}")
+    if arch.encoder == "conv":
+        check_image_fits(cfg.name, list(cfg.obs_shape), arch.conv_geometry)
     return out
+
+
+def check_image_fits(name: str, obs_shape: list[int], geometry) -> None:
+    """A conv encoder needs ``[C, H, W]`` observations at least as large as its kernels reach:
+    each layer maps a side ``n`` to ``(n - kernel) // stride + 1``, which must stay >= 1."""
+    if len(obs_shape) != 3:
+        raise ConfigError(f"policy.name={name} has a conv encoder for [C, H, W] images; the env gives observations of shape {obs_shape}: mlp_lstm is allowed for those")
+    h, w = obs_shape[1:]
+    for kernel, stride in geometry:
+        if h < kernel or w < kernel:
+            raise ConfigError(f"policy.name={name}: observations of shape {obs_shape} are smaller than its {kernel}x{kernel} convolution reaches")
+        h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
 
 
 def build_policy(cfg: PolicyConfig | dict) -> RecurrentPolicy:
