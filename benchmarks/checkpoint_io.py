@@ -16,7 +16,7 @@ One run prints three tables (see docs/checkpoints_compression.md for the numbers
    interleaved; target: ours no slower, verified loads included.
 2. **Manifest read** (``read_manifest``, header only) against a full ``load``;
    target: at least 100x faster.
-3. **Compression** (``fiberlab.checkpoint.compression.bench``): gzip 1/6/9, lz4 0/9,
+3. **Compression** (``fiberlab.experiments.checkpoint_bench.bench``, what ``fiberlab ckpt bench`` prints): gzip 1/6/9, lz4 0/9,
    zstd 1/3/9/19, each with and without the byte shuffle, on the ``atari`` and the ``fast``
    (Metta's, obs 34x11x11, 5 actions) checkpoints with their Adam state; then zstd-3 on weights
    alone and on the optimizer state alone.
@@ -37,31 +37,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import fiberlab  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "src"))
+from typing import Any
 
 import numpy as np
 import torch
+
+# imported before fiberlab: puts src/ on the path when fiberlab is not installed
+from bench_common import machine, machine_line, median_time, reference_policies
 from safetensors.torch import save_file
 
-from fiberlab.checkpoint import compression, load, read_manifest, save
-from fiberlab.checkpoint.format import read_tensors, tensor_checksum
+from fiberlab.checkpoint import load, read_manifest, save
+from fiberlab.checkpoint.base import tensor_checksum
+from fiberlab.checkpoint.format import read_tensors
+from fiberlab.experiments.checkpoint_bench import bench as compression_bench
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy
 
-ATARI = PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9, obs_scale=[255.0])
-FAST = PolicyConfig(name="fast", obs_shape=[34, 11, 11], num_actions=5)
+REFERENCE = reference_policies()
+ATARI, FAST = REFERENCE["atari"], REFERENCE["fast"]
 FULL_LEVELS = {"gzip": (1, 6, 9), "lz4": (0, 9), "zstd": (1, 3, 9, 19)}
 QUICK_LEVELS = {"gzip": (6,), "lz4": (0,), "zstd": (1, 3)}
 
@@ -82,7 +81,7 @@ def _beam_rider_frames(n_envs: int = 8, steps: int = 64) -> tuple[torch.Tensor, 
             frames.append(obs.copy())
         env.close()
         return torch.from_numpy(np.stack(frames, 1)), "BeamRider frames (ALE, random actions)"
-    except Exception as e:  # no ALE here: noise still gives dense-ish moments
+    except Exception as e:  # noqa: BLE001 - no ALE here: noise still gives dense-ish moments
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (n_envs, steps, 1, 105, 80), dtype=torch.uint8, generator=g), f"random frames ({type(e).__name__})"
 
@@ -120,15 +119,6 @@ def _save(path: Path, policy: torch.nn.Module, opt: torch.optim.Optimizer, **kw:
 
 
 # =============================================================================== timing
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def save_load(policy: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PolicyConfig, work: Path, repeats: int) -> list[dict[str, Any]]:
     """Rows: name, ours seconds, torch seconds, ratio (ours / torch), file sizes."""
     pt = work / "state.pt"
@@ -184,8 +174,8 @@ def save_load(policy: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PolicyCo
 def manifest_vs_load(paths: dict[str, Path], repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name, path in paths.items():
-        t_manifest = median_time(lambda: read_manifest(path), max(50, repeats * 20))
-        t_load = median_time(lambda: load(path), repeats)
+        t_manifest = median_time(lambda path=path: read_manifest(path), max(50, repeats * 20))
+        t_load = median_time(lambda path=path: load(path), repeats)
         rows.append({"file": name, "manifest_s": t_manifest, "load_s": t_load, "speedup": t_load / t_manifest})
     return rows
 
@@ -206,7 +196,7 @@ def print_compression(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
     print(f"  {'method':<6} {'level':>5} {'shuffle':>7} {'bytes':>12} {'ratio':>6} {'saved':>6} {'comp MB/s':>10} {'decomp MB/s':>11}")
     for r in rows:
-        print(f"  {r['method']:<6} {r['level']:>5} {str(r['shuffle']):>7} {r['size']:>12,} {r['ratio']:>6.3f} {r['saved_percent']:>5.1f}% {r['compress_mb_s']:>10.1f} {r['decompress_mb_s']:>11.1f}")
+        print(f"  {r['method']:<6} {r['level']:>5} {r['shuffle']!s:>7} {r['size']:>12,} {r['ratio']:>6.3f} {r['saved_percent']:>5.1f}% {r['compress_mb_s']:>10.1f} {r['decompress_mb_s']:>11.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 7)
     levels = QUICK_LEVELS if args.quick else FULL_LEVELS
     t_start = time.perf_counter()
-    result: dict[str, Any] = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}, "quick": args.quick}
+    result: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    print(machine_line())
 
     frames, source = _beam_rider_frames()
     atari_policy, atari_opt = trained(ATARI, frames)
@@ -247,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         fast_ckpt = _save(work / "fast.safetensors", fast_policy, fast_opt)
         result["compression"] = {}
         for name, path in (("atari", atari_ckpt), ("fast", fast_ckpt)):
-            bench_rows = compression.bench(path, levels=levels, min_time=0.1 if args.quick else 0.3, max_repeats=3 if args.quick else 10)
+            bench_rows = compression_bench(path, levels=levels, min_time=0.1 if args.quick else 0.3, max_repeats=3 if args.quick else 10)
             result["compression"][name] = bench_rows
             print_compression(f"Compression, {name} weights + Adam ({path.stat().st_size:,} bytes)", bench_rows)
         result["parts"] = {}
         for name, path in (("atari", atari_ckpt), ("fast", fast_ckpt)):
             for part, f in parts(path, work).items():
-                bench_rows = compression.bench(f, methods=("zstd",), levels=[3], min_time=0.05, max_repeats=3)
+                bench_rows = compression_bench(f, methods=("zstd",), levels=[3], min_time=0.05, max_repeats=3)
                 result["parts"][f"{name}/{part}"] = bench_rows
                 print_compression(f"zstd-3, {name} {'weights' if part == 'policy' else 'Adam state'} alone ({f.stat().st_size:,} bytes)", bench_rows)
     result["wall_s"] = time.perf_counter() - t_start

@@ -17,8 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from conftest import policy_and_adam
-from fiberlab.checkpoint import CheckpointError, compression, load, read_manifest, save
-from fiberlab.checkpoint.format import MAX_HEADER_BYTES, read_header, read_tensors
+from fiberlab.checkpoint import CheckpointError, compression, compression_codecs, compression_container, load, read_manifest, save
+from fiberlab.checkpoint.base import MAX_HEADER_BYTES
+from fiberlab.checkpoint.format import read_header, read_tensors
+from fiberlab.experiments.checkpoint_bench import bench
 
 CASES = [(m, s) for m in compression.METHODS for s in (False, True)]
 
@@ -301,7 +303,7 @@ def test_truncated_and_flipped(ckpt, tmp_path, method, shuffle):
 def test_interrupted_compress_leaves_nothing(ckpt, tmp_path, monkeypatch):
     _, _, plain = ckpt
     src = _copy(plain, tmp_path / "d")
-    real_write = compression._Encoder.write
+    real_write = compression_codecs.Encoder.write
     calls = {"n": 0}
 
     def dying_write(self, data):
@@ -310,7 +312,7 @@ def test_interrupted_compress_leaves_nothing(ckpt, tmp_path, monkeypatch):
             raise KeyboardInterrupt("power cut")
         real_write(self, data)
 
-    monkeypatch.setattr(compression._Encoder, "write", dying_write)
+    monkeypatch.setattr(compression_codecs.Encoder, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         compression.compress_file(src, method="zstd", shuffle=True)
     assert [f.name for f in src.parent.iterdir()] == [src.name]
@@ -326,16 +328,16 @@ def test_interrupted_compress_leaves_nothing(ckpt, tmp_path, monkeypatch):
 def test_interrupted_decompress_leaves_nothing(ckpt, tmp_path, monkeypatch):
     _, _, plain = ckpt
     packed = compression.compress_file(plain, tmp_path / "c.safetensors.gz", method="gzip", shuffle=True)
-    real = compression._unshuffle
+    real = compression_container.unshuffle_bytes
 
     def dying(buf, k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(compression, "_unshuffle", dying)
+    monkeypatch.setattr(compression_container, "unshuffle_bytes", dying)
     with pytest.raises(CheckpointError, match="No space left"):
         compression.decompress_file(packed)
     assert [f.name for f in tmp_path.iterdir()] == [packed.name]
-    monkeypatch.setattr(compression, "_unshuffle", real)
+    monkeypatch.setattr(compression_container, "unshuffle_bytes", real)
     assert compression.decompress_file(packed).read_bytes() == plain.read_bytes()
 
 
@@ -365,7 +367,7 @@ def test_compress_and_decompress_a_directory(ckpt, tmp_path):
 
 def test_bench_rows(ckpt):
     _, _, plain = ckpt
-    rows = compression.bench(plain, levels={"gzip": [1], "lz4": [0], "zstd": [1, 3]}, min_time=0.0, max_repeats=1)
+    rows = bench(plain, levels={"gzip": [1], "lz4": [0], "zstd": [1, 3]}, min_time=0.0, max_repeats=1)
     assert [(r["method"], r["level"], r["shuffle"]) for r in rows] == [(m, lv, s) for m, lvs in (("gzip", [1]), ("lz4", [0]), ("zstd", [1, 3])) for lv in lvs for s in (False, True)]
     for r in rows:
         assert 0 < r["ratio"] < 1.05 and r["size"] == round(r["ratio"] * r["original"]) and r["compress_mb_s"] > 0 and r["decompress_mb_s"] > 0

@@ -16,7 +16,10 @@ from torch import nn
 
 from fiberlab.checkpoint import FORMAT_VERSION, CheckpointError, load, read_manifest, save
 from fiberlab.checkpoint import migrate as mig
-from fiberlab.checkpoint.format import checksum, read_header, read_tensors, tensor_checksum, write_checkpoint
+from fiberlab.checkpoint.base import checksum, file_sha256, tensor_checksum
+from fiberlab.checkpoint.format import read_header, read_tensors, write_checkpoint
+from fiberlab.checkpoint.legacy_layouts import map_state_dict
+from fiberlab.cli.main import main as cli_main
 from fiberlab.config import PolicyConfig
 from fiberlab.policies import build_policy, resolve
 
@@ -50,6 +53,11 @@ def same_weights(a: nn.Module, b: nn.Module) -> None:
     assert list(sa) == list(sb)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def migrate_cli(argv: list[str]) -> int:
+    """``fiberlab ckpt migrate ARGV`` in-process: its exit code (printing as the command does)."""
+    return cli_main(["ckpt", "migrate", *argv])
 
 
 def snapshot(d: Path, skip: str = "") -> dict[str, tuple[bytes, int]]:
@@ -145,7 +153,7 @@ def test_raw_state_dict_of_each_architecture(tmp_path, cfg):
     assert got["obs_scale"] == SCALE[cfg["name"]]
     m = read_manifest(out).as_dict()
     assert m["format_version"] == FORMAT_VERSION and m["architecture"] == cfg["name"]
-    assert m["migrated_from"] == {"path": str(src), "kind": "state_dict", "sha256": mig._sha256(src), "layout": "fiberlab"}
+    assert m["migrated_from"] == {"path": str(src), "kind": "state_dict", "sha256": file_sha256(src), "layout": "fiberlab"}
     assert m["env_spec"]["name"] == "unknown" and m["env_spec"]["num_actions"] == cfg["num_actions"]
     assert m["progress"] == {"epoch": 0, "agent_step": 0, "wall_time": 0.0} and "optimizer" not in m
     assert any("epoch unknown" in w for w in r.warnings)
@@ -205,7 +213,7 @@ def test_pufferlib_model_file_with_trainer_state(tmp_path):
     ck.load_optimizer(opt2)
     src_names = [n for n, _ in puffer.named_parameters()]
     ours = dict(ck.policy.named_parameters())
-    _, key_map, _, _ = mig.map_state_dict(puffer.state_dict())
+    _, key_map, _, _ = map_state_dict(puffer.state_dict())
     for i, n in enumerate(src_names):
         mine = opt2.state[ours[key_map[n]]]
         assert torch.equal(mine["exp_avg"], opt.state_dict()["state"][i]["exp_avg"]), n
@@ -377,7 +385,7 @@ def test_directory_batch_summary_report_and_exit_code(tmp_path, capsys):
     (d / "bad.pt").write_bytes(b"\x80\x02garbage")
     torch.save(Evil(tmp_path / "PWNED"), d / "evil.pt")
     (d / "notes.txt").write_text("not a candidate")
-    assert mig.main([str(d)]) == 1
+    assert migrate_cli([str(d)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"4 files: 1 migrated, 1 skipped, 2 failed; report {d / 'migration_report.json'}"
     assert any(line.startswith("failed   ") and "evil.pt" in line and "--trust-pickle" in line for line in out)
@@ -389,7 +397,7 @@ def test_directory_batch_summary_report_and_exit_code(tmp_path, capsys):
     assert all(f["reason"] for f in report["files"])
     assert not (d / "sub" / "deep.safetensors").exists() and not (tmp_path / "PWNED").exists()
     # --recursive reaches sub/, and an OUTPUT directory mirrors the tree.
-    assert mig.main([str(d), str(tmp_path / "mirror"), "--recursive", "--no-backup"]) == 1
+    assert migrate_cli([str(d), str(tmp_path / "mirror"), "--recursive", "--no-backup"]) == 1
     assert (tmp_path / "mirror" / "sub" / "deep.safetensors").is_file() and (tmp_path / "mirror" / "good.safetensors").is_file()
     assert (tmp_path / "mirror" / "migration_report.json").is_file()
 
@@ -411,7 +419,7 @@ def test_second_run_changes_nothing(tmp_path, capsys):
     assert {r.reason for r in second.results if r.path.endswith((".pt", ".pth"))} >= {f"already migrated to {d / 'raw.safetensors'}"}
     assert snapshot(d, skip=mig.REPORT_NAME) == before  # bytes and mtimes
     report = snapshot(d)[mig.REPORT_NAME]
-    assert mig.main([str(d)]) == 0
+    assert migrate_cli([str(d)]) == 0
     assert snapshot(d)[mig.REPORT_NAME] == report  # an unchanged report is not rewritten either
     assert "7 files: 0 migrated, 7 skipped, 0 failed" in capsys.readouterr().out
 
@@ -470,10 +478,10 @@ def test_interrupted_write_leaves_no_valid_looking_file(tmp_path, monkeypatch, c
 
 
 # --------------------------------------------------------------------------- command line
-def test_module_runs_as_a_subprocess(tmp_path):
+def test_command_runs_as_a_subprocess(tmp_path):
     torch.save(policy_of(MLP).state_dict(), tmp_path / "x.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "fiberlab.checkpoint.migrate", str(tmp_path / "x.pt"), "-v", "--no-backup"],
+    proc = subprocess.run([sys.executable, "-m", "fiberlab", "ckpt", "migrate", str(tmp_path / "x.pt"), "-v", "--no-backup"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "detected state_dict" in proc.stdout and proc.stdout.splitlines()[-1] == "1 file: 1 migrated, 0 skipped, 0 failed"
@@ -484,7 +492,7 @@ def test_module_runs_as_a_subprocess(tmp_path):
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
     (tmp_path / "f").write_text("x")
     argv = [str(tmp_path) if a == "DIR" else str(tmp_path / "f") if a == "FILE" else a for a in argv]
-    assert mig.main(argv) == 2
+    assert migrate_cli(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
-    assert captured.err.startswith("fiberlab ckpt migrate: error: ")
+    assert captured.err.startswith("fiberlab: error: ")  # the CLI's one handler, like every command

@@ -26,7 +26,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from fiberlab.checkpoint.manifest import Manifest, first_error
+from fiberlab.checkpoint.base import FORMAT_VERSION, FormatTooNew, check_version
+from fiberlab.checkpoint.manifest import Manifest, first_error, validate_manifest
+from fiberlab.config import PolicyConfig
+from fiberlab.policies import ARCHITECTURES, build_policy
 
 LEVELS = ("FULL", "PARTIAL", "INCOMPATIBLE", "UNKNOWN")
 NEVER_LOGIT = -1e9  # bias of an action the checkpoint never knew: softmax gives it probability 0
@@ -61,7 +64,7 @@ class CompatibilityReport:
         if msg not in self.recommendations:
             self.recommendations.append(msg)
 
-    def finish(self) -> "CompatibilityReport":
+    def finish(self) -> CompatibilityReport:
         if self.level != "UNKNOWN":
             self.level = "INCOMPATIBLE" if self.errors else "PARTIAL" if self.warnings else "FULL"
         return self
@@ -92,8 +95,6 @@ def _map_by_name(old: list[str], new: list[str]) -> tuple[list[int | None], list
 
 
 def _check_version(manifest: Manifest, report: CompatibilityReport, where: str) -> None:
-    from fiberlab.checkpoint.format import FORMAT_VERSION
-
     if manifest.format_version < FORMAT_VERSION:
         report.warn(f"format version {manifest.format_version} is older than the current {FORMAT_VERSION} (loads through the upgrade chain)")
         report.recommend(f"rewrite it in the current format: fiberlab ckpt migrate {where}")
@@ -104,9 +105,6 @@ CORTEX_ONLY_FIELDS = frozenset({"pattern", "d_hidden", "num_layers", "cortex_ove
 
 
 def _check_architecture(manifest: Manifest, report: CompatibilityReport) -> None:
-    from fiberlab.config import PolicyConfig
-    from fiberlab.policies import ARCHITECTURES
-
     arch = manifest.architecture
     cfg = dict(manifest.policy_config)
     if arch not in ARCHITECTURES:
@@ -184,10 +182,7 @@ def _check_env(manifest: Manifest, env: dict[str, Any], report: CompatibilityRep
 def check_compatibility(manifest: Manifest | dict[str, Any], env_spec: Any = None, *, path: str | Path | None = None) -> CompatibilityReport:
     """Judge ``manifest`` (a validated :class:`Manifest`, or a stored dict, validated here)
     against ``env_spec``. A format newer than this fiberlab is INCOMPATIBLE; a manifest that fails
-    validation raises :class:`~fiberlab.checkpoint.format.CheckpointError`."""
-    from fiberlab.checkpoint.format import FormatTooNew, check_version
-    from fiberlab.checkpoint.manifest import validate_manifest
-
+    validation raises :class:`~fiberlab.checkpoint.base.CheckpointError`."""
     report = CompatibilityReport()
     where = str(path) if path else "PATH"
     if isinstance(manifest, dict):
@@ -235,8 +230,6 @@ def apply_remap(policy: nn.Module, remap: Remap) -> nn.Module:
     """A copy of ``policy`` that acts on the env's feature and action order exactly as the
     original acted on its own: ``W'[:, j] = W[:, obs_index[j]]`` on the first layer's inputs and
     ``W'[j] = W[action_index[j]]`` on the actor's output rows."""
-    from fiberlab.policies import build_policy
-
     cfg = policy.config.model_copy(deep=True)
     updates: dict[str, Any] = {}
     if remap.obs_index is not None and cfg.obs_scale and len(cfg.obs_scale) > 1:

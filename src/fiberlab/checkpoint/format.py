@@ -14,97 +14,47 @@ registry by name. Reading validates the header into typed models first (``manife
 checks the tensors against a policy built on the meta device (``reader.py``) before anything is
 allocated. Files are written to ``<name>.tmp`` and renamed, so a reader never sees a half-written
 checkpoint under its final name.
+
+This module is the file as bytes: writing it (:func:`save`, :func:`write_checkpoint`) and reading
+its header and tensors as stored (:func:`read_raw_header`, :func:`read_manifest`,
+:func:`read_tensors`), compressed or not. Loading a policy from it is ``reader.py``; the format
+constants, errors and checksums are ``base.py``.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fiberlab.errors import BadInput, first_line
-
-if TYPE_CHECKING:
-    from fiberlab.checkpoint.manifest import Manifest
-
-FORMAT_VERSION = 3
-MANIFEST_KEY = "fiberlab"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a larger claim is corruption
-
-
-class CheckpointError(BadInput):
-    """A checkpoint that cannot be read: the message is one line naming the file and the fault."""
-
-
-class NotACheckpoint(CheckpointError):
-    """No fiberlab manifest could be found: not a safetensors file with our header (a legacy
-    pickle, another library's file), or one damaged before its manifest."""
-
-
-class FormatTooNew(CheckpointError):
-    """The file's format version is newer than this fiberlab reads."""
-
-
-def _version() -> str:
-    from fiberlab import __version__
-
-    return __version__
-
-
-def _tensor_digest(t: torch.Tensor) -> bytes:
-    t = t.detach().to("cpu").contiguous()
-    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).digest()  # no copy: buffer protocol
-
-
-def _tensors_hash(tensors: dict[str, torch.Tensor], workers: int | None = None) -> "hashlib._Hash":
-    names = sorted(tensors)
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(_tensor_digest, (tensors[n] for n in names)))
-    h = hashlib.sha256()
-    for name, digest in zip(names, digests):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(digest)
-    return h
-
-
-def tensor_checksum(tensors: dict[str, torch.Tensor], workers: int | None = None) -> str:
-    """Format 2's checksum: sha256 over every tensor's name, dtype, shape and sha256 digest, in
-    name order. The per-tensor digests run on a small thread pool (hashlib releases the GIL)."""
-    return "sha256:" + _tensors_hash(tensors, workers).hexdigest()
-
-
-def canonical_manifest(manifest: dict[str, Any]) -> bytes:
-    """The manifest without its ``checksum``, as canonical JSON (sorted keys, ASCII, no spaces).
-
-    Computed from the parsed JSON, so the writer hashes exactly what a reader will parse back."""
-    rest = {k: v for k, v in manifest.items() if k != "checksum"}
-    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def checksum(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
-    """The checksum a manifest of its ``format_version`` records for ``tensors``.
-
-    Format 3 and later: ``sha256(tensor part | canonical manifest)``, so a changed manifest field
-    (a width, ``obs_scale``, the env spec) is caught like a changed weight. Format 2 covered the
-    tensors only (:func:`tensor_checksum`). The checksum lives in the header, so it cannot cover
-    the file's bytes as such; it covers everything they mean.
-    """
-    h = _tensors_hash(tensors)
-    version = manifest.get("format_version")
-    if type(version) is int and version >= 3:
-        h.update(b"|manifest|")
-        h.update(canonical_manifest(manifest))
-    return "sha256:" + h.hexdigest()
+from fiberlab import __version__
+from fiberlab.checkpoint.base import (
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    NotACheckpoint,
+    check_version,
+    checksum,
+    parse_json,
+)
+from fiberlab.checkpoint.compression import (
+    compress_file,
+    decompressed,
+    detect,
+    open_plain_stream,
+)
+from fiberlab.checkpoint.manifest import Manifest, validate_manifest
+from fiberlab.errors import first_line
 
 
 def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], compress: str | None = None, level: int | None = None, shuffle: bool = False) -> Path:
@@ -127,8 +77,6 @@ def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[s
         if compress is None:
             os.replace(tmp, path)
         else:
-            from fiberlab.checkpoint.compression import compress_file
-
             compress_file(tmp, path, method=compress, level=level, shuffle=shuffle)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,7 +127,7 @@ def save(
         tensors[f"policy/{k}"] = v.detach().to("cpu").contiguous()
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "fiberlab_version": _version(),
+        "fiberlab_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "architecture": policy.config.name,
         "policy_config": policy.config.model_dump(),
@@ -246,24 +194,14 @@ def _parse_header(path: Path, raw8: bytes, size: int | None, read: Callable[[int
     return RawHeader(manifest, index, None if size is None else size - 8 - n)
 
 
-def parse_json(data: bytes | str) -> Any:
-    """Parsed JSON, or None for anything that is not (bad bytes, bad syntax, nesting too deep)."""
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-
-
 def read_raw_header(path: str | Path) -> RawHeader:
     """The header as stored (any version), reading only the header; a compressed file is
     decompressed only that far."""
-    from fiberlab.checkpoint import compression
-
     path = Path(path)
     try:
-        method = compression.detect(path)
+        method = detect(path)
         if method is not None:
-            with compression.open_plain_stream(path) as f:
+            with open_plain_stream(path) as f:
                 return _parse_header(path, f.read(8), None, f.read)
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -277,21 +215,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return read_raw_header(path).manifest
 
 
-def check_version(path: str | Path, manifest: dict[str, Any]) -> int:
-    """The stored ``format_version`` if this fiberlab reads it; else a one-line CheckpointError."""
-    version = manifest.get("format_version")
-    if type(version) is not int or version < 1:
-        raise CheckpointError(f"{path}: invalid manifest (format_version={version!r}: an integer from 1 to {FORMAT_VERSION} is allowed)")
-    if version > FORMAT_VERSION:
-        raise FormatTooNew(f"{path}: format version {version} is newer than this fiberlab reads ({FORMAT_VERSION}); upgrade fiberlab")
-    return version
-
-
-def read_manifest(path: str | Path) -> "Manifest":
+def read_manifest(path: str | Path) -> Manifest:
     """The validated manifest of ``path`` as stored (header only): a typed
     :class:`~fiberlab.checkpoint.manifest.Manifest`; CheckpointError for a bad or too new one."""
-    from fiberlab.checkpoint.manifest import validate_manifest
-
     raw = read_header(path)
     check_version(path, raw)
     return validate_manifest(path, raw)
@@ -300,13 +226,11 @@ def read_manifest(path: str | Path) -> "Manifest":
 @contextlib.contextmanager
 def plain_file(path: str | Path) -> Iterator[Path]:
     """``path`` itself when uncompressed, else a streamed, size-capped temporary plain copy."""
-    from fiberlab.checkpoint import compression
-
     path = Path(path)
-    if compression.detect(path) is None:
+    if detect(path) is None:
         yield path
     else:
-        with compression.decompressed(path) as plain:
+        with decompressed(path) as plain:
             yield plain
 
 
@@ -319,55 +243,3 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
             return load_file(str(plain), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint ({first_line(e)})") from None
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: the rebuilt policy, its manifest (upgraded to the current format) and
-    the trainer state tensors."""
-
-    path: Path
-    manifest: "Manifest"
-    policy: torch.nn.Module
-    optimizer_state: dict[str, torch.Tensor]
-    torch_rng: torch.Tensor | None
-    report: Any = None  # the CompatibilityReport it was loaded under
-
-    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Restore ``optimizer`` (built over the same parameters in the same order)."""
-        info = self.manifest.optimizer
-        if info is None:
-            raise CheckpointError(f"{self.path}: holds no optimizer state")
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, t in self.optimizer_state.items():
-            idx, name = key.split("/", 1)
-            state.setdefault(int(idx), {})[name] = t
-        groups, start = [], 0
-        for g, n in zip(info.param_groups, info.group_sizes):
-            groups.append({**g, "params": list(range(start, start + n))})
-            start += n
-        try:
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
-
-
-def load(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:
-    """Load ``path``: validate it, rebuild the policy through the registry, restore its weights.
-
-    Everything is checked before anything is allocated (``fiberlab.checkpoint.reader``): the
-    manifest's types and ranges, the tensor index, and that the tensors are exactly those of the
-    architecture the manifest names. Then the tensors are read and, with ``verify`` (the default),
-    their checksum is checked; ``verify=False`` is for callers who verified the file already.
-    Weights holding NaN or infinity are refused. A file without a checksum is refused unless
-    ``force``.
-
-    With ``env_spec`` (an :class:`~fiberlab.envs.base.EnvSpec` or its dict) compatibility is
-    checked first: PARTIAL warns and remaps observation features and actions by name so the
-    policy behaves as before; INCOMPATIBLE raises :class:`CheckpointError` with the report
-    unless ``force``. A file of an older format version loads through the upgrade chain (PARTIAL).
-    Every failure is a one-line :class:`CheckpointError`.
-    """
-    from fiberlab.checkpoint.reader import examine
-
-    return examine(path, env_spec).load(device, force=force, verify=verify)

@@ -2,7 +2,7 @@
 
 Three layouts are recognised: ours (used as is), PufferLib's Atari policy and Metta's Fast policy
 (both renamed to our module paths). Every width is read off the tensor shapes, so a converted
-file rebuilds through the registry like any other. Used by :mod:`fiberlab.checkpoint.migrate`.
+file rebuilds through the registry like any other. Used by :mod:`fiberlab.checkpoint.migrate_convert`.
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def infer_policy_config(sd: Mapping[str, torch.Tensor], obs_scale: list[float] |
 
     Returns the config and notes about what could only be guessed (obs size, obs_scale).
     """
-    from fiberlab.policies.registry import CONV_GEOMETRY
+    from fiberlab.policies import ARCHITECTURES
 
     notes: list[str] = []
     convs, linears = _indexed(sd, "encoder.0."), _indexed(sd, "encoder.1.")
@@ -227,11 +227,11 @@ def infer_policy_config(sd: Mapping[str, torch.Tensor], obs_scale: list[float] |
         if any(w.dim() != 4 for w in convs):
             raise MigrationError("a convolution whose weight is not 4-D")
         kernels = [int(w.shape[-1]) for w in convs]
-        name = next((n for n, g in CONV_GEOMETRY.items() if g and [k for k, _ in g] == kernels), None)
+        name = next((n for n, a in ARCHITECTURES.items() if a.conv_geometry and [k for k, _ in a.conv_geometry] == kernels), None)
         if name is None:
             raise MigrationError(f"convolution kernels {kernels} match no fiberlab architecture (fast: [5, 3], atari: [8, 4, 3])")
         channels = [int(w.shape[0]) for w in convs]
-        geometry = CONV_GEOMETRY[name]
+        geometry = ARCHITECTURES[name].conv_geometry
         squares = [(n, n) for n in range(geometry[0][0], 257)]
         size = None
         for cand in KNOWN_SPATIAL.get(name, []) + squares:

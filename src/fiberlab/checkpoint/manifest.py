@@ -3,7 +3,7 @@
 A checkpoint's header is untrusted input: a flipped byte, a truncated copy or a crafted file can
 put anything there. Everything downstream (compatibility, the upgrade chain, rebuilding the policy,
 ``fiberlab eval``, resume) works on the models below, never on raw dictionaries, so a field of the
-wrong type or out of range is one :class:`~fiberlab.checkpoint.format.CheckpointError` naming the
+wrong type or out of range is one :class:`~fiberlab.checkpoint.base.CheckpointError` naming the
 field and what is allowed, raised before anything is allocated.
 
 Two parts are checked:
@@ -17,6 +17,8 @@ Two parts are checked:
 
 Whether the tensors fit the architecture the manifest names is checked against a policy built on
 the meta device (no memory): see ``fiberlab.checkpoint.reader``.
+
+Of its siblings this module imports only ``base``: everything else reads the models from here.
 """
 from __future__ import annotations
 
@@ -24,9 +26,19 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
-from fiberlab.config import check_obs_scale
+from fiberlab.checkpoint.base import CheckpointError
+from fiberlab.config import TrainConfig, check_obs_scale
 
 # safetensors dtype names -> bytes per element
 DTYPE_BYTES = {
@@ -59,7 +71,7 @@ class EnvRecord(_Record):
     agents_per_env: StrictInt | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EnvRecord":
+    def _consistent(self) -> EnvRecord:
         if self.obs_shape is not None and any(d < 1 for d in self.obs_shape):
             raise ValueError(f"obs_shape {self.obs_shape} has a dimension below 1")
         if self.action_names and self.num_actions is not None and len(self.action_names) != self.num_actions:
@@ -84,7 +96,7 @@ class OptimizerRecord(_Record):
     param_names: list[StrictStr]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "OptimizerRecord":
+    def _consistent(self) -> OptimizerRecord:
         if len(self.group_sizes) != len(self.param_groups) or any(n < 0 for n in self.group_sizes):
             raise ValueError(f"group_sizes {self.group_sizes[:8]} do not describe the {len(self.param_groups)} param_groups")
         if sum(self.group_sizes) != len(self.param_names):
@@ -119,9 +131,6 @@ class Manifest(_Record):
 
     def run_config(self, where: str):
         """The run's :class:`~fiberlab.config.TrainConfig`, or None for a converted file."""
-        from fiberlab.checkpoint.format import CheckpointError
-        from fiberlab.config import TrainConfig
-
         if not self.config:
             return None
         try:
@@ -162,8 +171,6 @@ def manifest_problems(raw: dict[str, Any]) -> list[str]:
 
 def validate_manifest(path: Any, raw: dict[str, Any]) -> Manifest:
     """The :class:`Manifest` of ``raw``, or a one-line CheckpointError naming the first bad field."""
-    from fiberlab.checkpoint.format import CheckpointError
-
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
@@ -182,7 +189,7 @@ class TensorEntry(BaseModel):
     data_offsets: list[StrictInt] = Field(min_length=2, max_length=2)
 
     @model_validator(mode="after")
-    def _sized(self) -> "TensorEntry":
+    def _sized(self) -> TensorEntry:
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not a safetensors dtype")
         if any(d < 0 for d in self.shape):
@@ -236,8 +243,6 @@ def index_problems(index: dict[str, Any], data_len: int | None) -> list[str]:
 
 def validate_index(path: Any, index: dict[str, Any], data_len: int | None) -> dict[str, TensorEntry]:
     """The checked index (name -> :class:`TensorEntry`), or a one-line CheckpointError."""
-    from fiberlab.checkpoint.format import CheckpointError
-
     entries, problems = _check_index(index, data_len)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

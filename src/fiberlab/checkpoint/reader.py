@@ -1,6 +1,7 @@
-"""Examine a checkpoint the way loading it would: ``ckpt check``, ``ckpt inspect``, ``load``,
-``fiberlab eval``, resume and ``ckpt migrate`` all call these functions, so what ``check`` reports
-is by construction what ``load`` does.
+"""Examine and load a checkpoint: ``ckpt check``, ``ckpt inspect``, :func:`load`, ``fiberlab
+eval``, resume and ``ckpt migrate`` all call these functions, so what ``check`` reports is by
+construction what ``load`` does. :func:`load` is :func:`examine` then :meth:`Examined.load`, and
+returns a :class:`Checkpoint`.
 
 Order (each step runs only on what the previous ones accepted; nothing is allocated until the
 header has vouched for every size):
@@ -28,17 +29,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from fiberlab.checkpoint.compat import CompatibilityReport, apply_remap, check_compatibility, corrupt_report, unknown_report
-from fiberlab.checkpoint.format import (
-    Checkpoint,
+from fiberlab.checkpoint.base import (
+    FORMAT_VERSION,
     CheckpointError,
     NotACheckpoint,
-    RawHeader,
     check_version,
     checksum,
-    read_raw_header,
-    read_tensors,
 )
+from fiberlab.checkpoint.compat import (
+    CompatibilityReport,
+    apply_remap,
+    check_compatibility,
+    corrupt_report,
+    unknown_report,
+)
+from fiberlab.checkpoint.format import RawHeader, read_raw_header, read_tensors
 from fiberlab.checkpoint.manifest import (
     OPTIMIZER_KEY,
     Manifest,
@@ -48,7 +53,9 @@ from fiberlab.checkpoint.manifest import (
     validate_index,
     validate_manifest,
 )
+from fiberlab.checkpoint.versions import upgrade
 from fiberlab.errors import first_line
+from fiberlab.policies import build_policy
 
 RNG_KEY = "rng/torch"
 MAX_RNG_BYTES = 1 << 20  # torch's CPU generator state is 5,056 bytes; CUDA's is smaller
@@ -57,6 +64,37 @@ TORCH_TO_SAFETENSORS = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
 NO_CHECKSUM = "no checksum recorded: integrity cannot be verified (load refuses it unless forced)"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt policy, its manifest (upgraded to the current format) and
+    the trainer state tensors."""
+
+    path: Path
+    manifest: Manifest
+    policy: torch.nn.Module
+    optimizer_state: dict[str, torch.Tensor]
+    torch_rng: torch.Tensor | None
+    report: Any = None  # the CompatibilityReport it was loaded under
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore ``optimizer`` (built over the same parameters in the same order)."""
+        info = self.manifest.optimizer
+        if info is None:
+            raise CheckpointError(f"{self.path}: holds no optimizer state")
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, t in self.optimizer_state.items():
+            idx, name = key.split("/", 1)
+            state.setdefault(int(idx), {})[name] = t
+        groups, start = [], 0
+        for g, n in zip(info.param_groups, info.group_sizes):
+            groups.append({**g, "params": list(range(start, start + n))})
+            start += n
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
 
 
 @dataclass
@@ -73,8 +111,6 @@ class Examined:
 
     def load(self, device: str | torch.device = "cpu", *, force: bool = False, verify: bool = True) -> Checkpoint:
         """Read, verify and materialise: the :class:`Checkpoint` ``load`` returns."""
-        from fiberlab.checkpoint.versions import upgrade
-
         report = self.report
         if report.level == "INCOMPATIBLE" and not force:
             raise CheckpointError(f"{self.path}: incompatible: {'; '.join(report.errors)}")
@@ -114,8 +150,6 @@ def meta_policy(manifest: Manifest, report: CompatibilityReport) -> nn.Module | 
     Any failure to build (a pattern the cortex registry rejects, a width the encoder cannot take)
     becomes an error in ``report``: the file names something this fiberlab cannot build.
     """
-    from fiberlab.policies import build_policy
-
     if not report.policy_config:
         return None
     try:
@@ -185,6 +219,24 @@ def examine(path: str | Path, env_spec: Any = None) -> Examined:
     return Examined(path, raw.manifest, manifest, index, report, policy)
 
 
+def load(path: str | Path, device: str | torch.device = "cpu", env_spec: Any = None, force: bool = False, verify: bool = True) -> Checkpoint:
+    """Load ``path``: validate it, rebuild the policy through the registry, restore its weights.
+
+    Everything is checked before anything is allocated (steps 1 to 3 above): the manifest's types
+    and ranges, the tensor index, and that the tensors are exactly those of the architecture the
+    manifest names. Then the tensors are read and, with ``verify`` (the default), their checksum
+    is checked; ``verify=False`` is for callers who verified the file already. Weights holding NaN
+    or infinity are refused. A file without a checksum is refused unless ``force``.
+
+    With ``env_spec`` (an :class:`~fiberlab.envs.base.EnvSpec` or its dict) compatibility is
+    checked first: PARTIAL warns and remaps observation features and actions by name so the
+    policy behaves as before; INCOMPATIBLE raises :class:`CheckpointError` with the report
+    unless ``force``. A file of an older format version loads through the upgrade chain (PARTIAL).
+    Every failure is a one-line :class:`CheckpointError`.
+    """
+    return examine(path, env_spec).load(device, force=force, verify=verify)
+
+
 def read_verified_tensors(ex: Examined, verify: bool = True) -> dict[str, torch.Tensor]:
     """Step 4: the tensors, checked against the stored checksum (``verify``) and for NaN/inf.
 
@@ -240,8 +292,6 @@ def check_file(path: str | Path, env_spec: Any = None) -> CompatibilityReport:
 def header_problems(raw: RawHeader) -> list[str]:
     """``fiberlab ckpt inspect``: every reason, one line each, why the header alone condemns the
     file (empty: the header is fine; the tensor data is not read)."""
-    from fiberlab.checkpoint.format import FORMAT_VERSION
-
     version = raw.manifest.get("format_version")
     if type(version) is int and version > FORMAT_VERSION:
         return [f"format version {version} is newer than this fiberlab reads ({FORMAT_VERSION}): upgrade fiberlab"]

@@ -2,19 +2,22 @@
 
 ``upgrade`` applies them in order from a file's ``format_version`` to :data:`FORMAT_VERSION`, so a
 checkpoint written by any earlier fiberlab loads, and ``fiberlab ckpt migrate`` rewrites it.
-To change the format: bump ``FORMAT_VERSION`` in ``format.py`` and add one function here.
+To change the format: bump ``FORMAT_VERSION`` in ``base.py`` and add one function here.
 
 - 1 -> 2: the manifest gains ``checksum`` over the tensors.
-- 2 -> 3: the checksum covers the rest of the manifest too (``format.checksum``).
+- 2 -> 3: the checksum covers the rest of the manifest too (``base.checksum``).
 
 Both recompute a checksum from the tensors at hand, so the caller verifies the stored one first
 (``reader.read_verified_tensors``): an upgrade must never bless corrupt tensors.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from fiberlab.checkpoint.base import FORMAT_VERSION, checksum, tensor_checksum
 
 Tensors = dict[str, torch.Tensor]
 Manifest = dict[str, Any]
@@ -22,15 +25,11 @@ Manifest = dict[str, Any]
 
 def _v1_to_v2(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
     """v2 adds the tensor checksum to the manifest."""
-    from fiberlab.checkpoint.format import tensor_checksum
-
     return {**manifest, "format_version": 2, "checksum": tensor_checksum(tensors)}, tensors
 
 
 def _v2_to_v3(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
     """v3's checksum covers the manifest as well as the tensors."""
-    from fiberlab.checkpoint.format import checksum
-
     upgraded = {**manifest, "format_version": 3}
     return {**upgraded, "checksum": checksum(upgraded, tensors)}, tensors
 
@@ -41,9 +40,7 @@ UPGRADES: dict[int, Callable[[Manifest, Tensors], tuple[Manifest, Tensors]]] = {
 def upgrade(manifest: Manifest, tensors: Tensors) -> tuple[Manifest, Tensors]:
     """Bring ``(manifest, tensors)`` from their version up to the current one.
 
-    The version must have been checked (``format.check_version``): 1 to the current one."""
-    from fiberlab.checkpoint.format import FORMAT_VERSION
-
+    The version must have been checked (``base.check_version``): 1 to the current one."""
     version = manifest["format_version"]
     while version < FORMAT_VERSION:
         manifest, tensors = UPGRADES[version](manifest, tensors)

@@ -4,6 +4,10 @@ Exit codes: 0 fine (``inspect`` shows any header it can parse, with a "will not 
 each fault); 1 ``check`` found the checkpoint INCOMPATIBLE or UNKNOWN, or some file of a batch
 failed; 2 bad input (unreadable file, bad flag).
 Errors raised here (``CheckpointError``, ``ConfigError``) reach the CLI's one handler.
+
+``migrate`` has its own module (``ckpt_migrate.py``: its flags and summary), and so does what
+``bench`` measures (``fiberlab.experiments.checkpoint_bench``). The library is imported inside each command, so building
+the parser (every ``--help``) does not import torch.
 """
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fiberlab.cli import user_input
+from fiberlab.cli import ckpt_migrate
 from fiberlab.errors import BadInput
+
 
 def _field(d: Any, *keys: str) -> Any:
     """``d[k1][k2]...`` of an unvalidated header, or None where any level is missing or no dict."""
@@ -25,9 +30,9 @@ def _field(d: Any, *keys: str) -> Any:
 def inspect_summary(path: Path) -> dict[str, Any]:
     """What ``ckpt inspect`` prints, from the header alone, whatever the header holds: sizes of
     the entries that are well formed, and ``problems``, one line each, that stop it loading."""
-    from fiberlab.checkpoint.reader import header_problems
     from fiberlab.checkpoint.format import read_raw_header
     from fiberlab.checkpoint.manifest import TensorEntry
+    from fiberlab.checkpoint.reader import header_problems
 
     raw = read_raw_header(path)
     tensors = []
@@ -100,12 +105,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.level in ("FULL", "PARTIAL") else 1
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import migrate
-
-    return migrate.main(args.rest)
-
-
 def _print_rows(rows: list[dict[str, Any]]) -> int:
     failed = 0
     for r in rows:
@@ -125,8 +124,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     if not Path(args.path).exists():
         raise BadInput(f"{args.path}: no such file or directory")
-    with user_input():  # a bad level is a ValueError of the compression module
-        rows = compression.compress_path(args.path, method=args.method, level=args.level, shuffle=args.shuffle, remove_originals=args.remove_originals, recursive=args.recursive)
+    rows = compression.compress_path(args.path, method=args.method, level=args.level, shuffle=args.shuffle, remove_originals=args.remove_originals, recursive=args.recursive)
     return _print_rows(rows)
 
 
@@ -139,17 +137,17 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fiberlab.checkpoint import compression
+    from fiberlab.experiments.checkpoint_bench import bench
 
     if not Path(args.path).is_file():
         raise BadInput(f"{args.path}: no such file")
-    rows = compression.bench(args.path)
+    rows = bench(args.path)
     if args.json:
         print(json.dumps(rows))
         return 0
     print(f"{'method':<7} {'level':>5} {'shuffle':>7} {'bytes':>12} {'ratio':>6} {'saved':>6} {'comp MB/s':>10} {'decomp MB/s':>11}")
     for r in rows:
-        print(f"{r['method']:<7} {str(r['level']):>5} {str(r['shuffle']):>7} {r['size']:>12,} {r['ratio']:>6.3f} {r['saved_percent']:>5.1f}% {r['compress_mb_s']:>10.1f} {r['decompress_mb_s']:>11.1f}")
+        print(f"{r['method']:<7} {r['level']!s:>5} {r['shuffle']!s:>7} {r['size']:>12,} {r['ratio']:>6.3f} {r['saved_percent']:>5.1f}% {r['compress_mb_s']:>10.1f} {r['decompress_mb_s']:>11.1f}")
     return 0
 
 
@@ -165,9 +163,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", metavar="RECIPE", help="judge against this recipe's environment")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
-    p = cks.add_parser("migrate", help="convert legacy or older checkpoints (see --help)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_migrate)
+    ckpt_migrate.add_parser(cks)
     p = cks.add_parser("compress", help="compress a checkpoint or a directory of them")
     p.add_argument("path")
     p.add_argument("--method", required=True, choices=["zstd", "lz4", "gzip"])
