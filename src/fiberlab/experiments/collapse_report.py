@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fiberlab.atomic import write_json_atomic
-from fiberlab.errors import BadInput
+from fiberlab.errors import BadInput, first_line
 from fiberlab.fibration.fibers import LSTM_KEYS
 
 FILE = "collapse_report.json"
@@ -84,7 +84,7 @@ def read_report(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise BadInput(f"unreadable {path}: {e}".splitlines()[0]) from None
+        raise BadInput(f"unreadable {path}: {first_line(e)}") from None
     if not isinstance(report, dict):
         raise BadInput(f"unreadable {path}: not a JSON object")
     return report

@@ -64,13 +64,19 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
     }
 
 
+def evaluation_env(cfg: TrainConfig) -> VecEnv:
+    """A fresh env of ``cfg.env`` seeded ``cfg.seed + EVAL_SEED_OFFSET`` (use it as a context manager)."""
+    from fiberlab.envs import make_vecenv
+
+    return make_vecenv(cfg.env, cfg.seed + EVAL_SEED_OFFSET)
+
+
 def evaluate_in(policy: torch.nn.Module, cfg: TrainConfig, episodes: int, greedy: bool = False) -> dict:
     """Evaluate ``policy`` on a fresh env of ``cfg.env`` on ``cfg.device`` (``auto``: CUDA if present)."""
     from fiberlab.devices import resolve_device
-    from fiberlab.envs import make_vecenv
 
     device = resolve_device(cfg.device)
-    with make_vecenv(cfg.env, cfg.seed + EVAL_SEED_OFFSET) as env:
+    with evaluation_env(cfg) as env:
         return evaluate(policy.to(device).eval(), env, episodes, device, seed=cfg.seed, greedy=greedy)
 
 
@@ -101,12 +107,11 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, overrides: Iterabl
     """
     from fiberlab.checkpoint import load
     from fiberlab.devices import resolve_device
-    from fiberlab.envs import make_vecenv
 
     cfg = checkpoint_run_config(path, overrides)
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.trainer.torch_threads)
-    with make_vecenv(cfg.env, cfg.seed + EVAL_SEED_OFFSET) as env:
+    with evaluation_env(cfg) as env:
         policy = load(path, env_spec=env.spec, force=force).policy.to(device).eval()
         result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=greedy)
     return {"checkpoint": str(path), "env": cfg.env.name, **result}
