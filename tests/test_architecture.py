@@ -21,6 +21,7 @@ LAYERS = [
     {"fibration"},
     {"distill"},
     {"experiments"},
+    {"sweep"},
     {"api"},
     {"cli", "__main__"},
 ]

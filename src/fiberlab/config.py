@@ -146,6 +146,8 @@ class WandbConfig(StrictModel):
     enabled: bool = False
     project: str = "fiberlab"
     mode: Literal["online", "offline"] = "offline"
+    group: str | None = None  # a sweep sets its name here, so W&B groups its runs
+    tags: list[str] = []  # a sweep sets the cell's axis values and seed here
 
 
 class TrainConfig(StrictModel):

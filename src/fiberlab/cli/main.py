@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fiberlab.cli.cortex import add_parser as add_cortex_parser
 
     add_cortex_parser(sub)
+    from fiberlab.cli.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
     _remember_parsers(p)
     return p
 

@@ -22,7 +22,7 @@ from fiberlab.experiments.fibration_runs import (
     train_run,
 )
 from fiberlab.fibration.fibers import Thresholds
-from fiberlab.rl.run_dir import list_checkpoints
+from fiberlab.rl.run_dir import list_checkpoints, run_finished
 
 STAGES = ("baseline", "continued", "collapsed", "ablation", "scratch")
 
@@ -32,11 +32,6 @@ class PipelineResult:
     runs: dict[str, list[str]] = field(default_factory=dict)  # stage -> run names
     skipped: list[str] = field(default_factory=list)
     figure: Path | None = None
-
-
-def _done(run_dir: Path, steps: int) -> bool:
-    ckpts = list_checkpoints(run_dir)
-    return bool(ckpts) and ckpts[-1][1] >= steps
 
 
 def _run_stages(jobs: list[tuple[str, Callable[..., Any], tuple]]) -> None:
@@ -98,7 +93,7 @@ def run_pipeline(
     for s, run in enumerate(runs):
         cfg: TrainConfig = apply_overrides(base, [f"run={run}", f"seed={base.seed + s}", "resume=true", f"progress={progress}"])
         result.runs["baseline"].append(run)
-        if _done(Path(train_dir) / run, cfg.trainer.total_timesteps):
+        if run_finished(Path(train_dir) / run, cfg.trainer.total_timesteps):
             result.skipped.append(run)
         else:
             baselines.append([(f"baseline {run}", train_run, (cfg,))])
@@ -118,7 +113,7 @@ def run_pipeline(
         pending = {}
         for stage, (target, steps, fn, args) in todo.items():
             result.runs[stage].append(target)
-            if _done(Path(train_dir) / target, steps):
+            if run_finished(Path(train_dir) / target, steps):
                 result.skipped.append(target)
             else:
                 pending[stage] = (f"{stage} {target}", fn, args)

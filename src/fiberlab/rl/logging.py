@@ -40,7 +40,9 @@ class MetricsLogger(Callback):
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
-            self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run, dir=str(run_dir), config=cfg.model_dump(), resume="allow", id=cfg.run)
+            self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.run, dir=str(run_dir), config=cfg.model_dump(), resume="allow",
+                                    id=f"{cfg.wandb.group}--{cfg.run}" if cfg.wandb.group else cfg.run,  # a cell's name repeats across sweeps
+                                    group=cfg.wandb.group, tags=cfg.wandb.tags or None)
 
     def log(self, row: dict[str, Any]) -> None:
         row = {k: _clean(v) for k, v in row.items()}

@@ -36,6 +36,12 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def run_finished(run_dir: str | Path, total_steps: int) -> bool:
+    """Whether a run's newest checkpoint reached ``total_steps`` (then training it again does nothing)."""
+    ckpts = list_checkpoints(run_dir)
+    return bool(ckpts) and ckpts[-1][1] >= total_steps
+
+
 def start_over(run_dir: Path) -> None:
     """Remove what an earlier attempt of this run left (``resume=false``)."""
     for name in ("checkpoints", "tensorboard", "wandb"):
