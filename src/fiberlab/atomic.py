@@ -27,8 +27,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, text)
 
 
-def save_figure_atomic(fig: Any, path: Path) -> Path:
-    """``fig.savefig`` through a temporary name (matplotlib picks the format from the suffix); closes it."""
+def save_figure_atomic(fig: Any, path: Path, close: bool = True) -> Path:
+    """``fig.savefig`` through a temporary name (matplotlib picks the format from the suffix);
+    closes the figure unless ``close=False`` (to save it again in another format)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -37,6 +38,7 @@ def save_figure_atomic(fig: Any, path: Path) -> Path:
         fig.savefig(tmp)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path

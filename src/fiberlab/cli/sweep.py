@@ -99,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_status)
     t = ssub.add_parser("report", help="tables (md, csv, tex) and figures (png, pdf) with 95%% intervals over seeds")
     t.add_argument("sweep", help="a sweep folder, or a sweep name under --train-dir")
-    t.add_argument("--metric", default="episode_return")
+    t.add_argument("--metric", help="the metrics.jsonl column to report (default: the spec's metric, episode_return)")
     t.add_argument("--out", help="output folder (default: SWEEP/report)")
     t.add_argument("--train-dir")
     t.set_defaults(func=cmd_report)
