@@ -152,3 +152,21 @@ def test_ray_executor_runs_a_two_cell_sweep_with_a_real_local_ray(tmp_path):
     assert "executor ray" in lines[0]
     assert all(r["status"] == "done" and r["agent_step"] == 128 for r in index(tmp_path).values())
     assert run_sweep(spec(), tmp_path, executor="ray", log=quiet).ran == []  # resumable the same way
+
+
+def test_the_live_table_shows_every_cell_with_its_step(tmp_path):
+    from rich.console import Console
+
+    from fiberlab.sweep.cells import build_cells
+    from fiberlab.sweep.index import SweepIndex
+    from fiberlab.sweep.progress import LiveTable
+
+    s = spec()
+    run_sweep(s, tmp_path, max_parallel=1, log=quiet, live=True)  # drawn from a thread while the cells run
+    idx = SweepIndex.open(tmp_path / "s", s, build_cells(s, tmp_path))
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))
+    console.print(LiveTable(idx, 128, enabled=False).table())
+    text = console.export_text()
+    for name in ("core_hidden-8.seed-1", "core_hidden-16.seed-1"):
+        line = next(row for row in text.splitlines() if name in row)
+        assert "done" in line and "128" in line

@@ -18,6 +18,7 @@ from fiberlab.sweep.cell import CellJob, CellResult
 from fiberlab.sweep.cells import Cell, build_cells
 from fiberlab.sweep.executors import get_executor
 from fiberlab.sweep.index import SweepIndex, read_index
+from fiberlab.sweep.progress import LiveTable
 from fiberlab.sweep.spec import SweepSpec
 
 
@@ -63,8 +64,11 @@ def plan_sweep(spec: SweepSpec, train_dir: str | Path, sps: float | None = None)
 
 
 def run_sweep(spec: SweepSpec, train_dir: str | Path = "./train_dir", executor: str = "local", max_parallel: int | None = None,
-              retries: int = 0, force: bool = False, ray_address: str | None = None, log: Callable[[str], Any] = print) -> SweepOutcome:
-    """Run the cells of ``spec`` not finished yet under ``train_dir/<spec.name>/``; return what happened."""
+              retries: int = 0, force: bool = False, ray_address: str | None = None, log: Callable[[str], Any] = print,
+              live: bool | None = None) -> SweepOutcome:
+    """Run the cells of ``spec`` not finished yet under ``train_dir/<spec.name>/``; return what happened.
+
+    ``live``: the live table of every cell (default: when stdout is a terminal)."""
     plan = plan_sweep(spec, train_dir)
     sweep_dir = Path(train_dir) / spec.name
     engine = get_executor(executor, max_parallel, ray_address, spec.resources.cpus, spec.resources.gpus)
@@ -94,7 +98,8 @@ def run_sweep(spec: SweepSpec, train_dir: str | Path = "./train_dir", executor: 
             log(f"[sweep {spec.name}] FAILED {result.name} (attempt {attempt}, exit {result.exit_code}): {(result.error or '').splitlines()[0]}")
 
     jobs = [CellJob(c.name, c.config.model_dump()) for c in plan.todo]
-    engine.run(jobs, retries, on_start, on_result)
+    with LiveTable(index, plan.steps_per_cell, enabled=live):
+        engine.run(jobs, retries, on_start, on_result)
     outcome.failed = [n for n in todo_names if index.records[n].status == "failed"]
     counts = index.counts()
     log(f"[sweep {spec.name}] {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} not run: {sweep_dir / 'index.json'}")
