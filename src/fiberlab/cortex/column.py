@@ -22,7 +22,6 @@ import math
 import torch
 from pydantic import Field, field_validator
 from torch import nn
-from torch.nn import functional as F
 
 # the block modules register their configs (needed to rebuild a column from JSON)
 from fiberlab.cortex.blocks import adapter, passthrough, postup, postup_gated, preup  # noqa: F401

@@ -7,7 +7,6 @@ parameters stay ``lstm.weight_ih_l0`` ... and checkpoints and ``fiberlab.fibrati
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from fiberlab.cortex.base import MemoryModule, State
