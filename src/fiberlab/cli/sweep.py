@@ -8,13 +8,13 @@ import argparse
 from pathlib import Path
 
 from fiberlab.cli import count, resolve_train_dir
-from fiberlab.errors import BadInput, OperationFailed
+from fiberlab.errors import BadInput, OperationFailed, first_line
 
 DEFAULT_TRAIN_DIR = "./train_dir"
 
 
 def _sweep_dir(args: argparse.Namespace) -> Path:
-    train_dir, rest = resolve_train_dir(args.train_dir, [])
+    train_dir, _ = resolve_train_dir(args.train_dir, [])
     given = Path(args.sweep)
     return given if given.is_dir() or "/" in args.sweep else Path(train_dir or DEFAULT_TRAIN_DIR) / args.sweep
 
@@ -62,7 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         ret = f"{r['return']:.3f}" if r["return"] is not None else "-"
         sps = f"{r['sps']:,.0f}" if r.get("sps") else "-"
-        err = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
+        err = first_line(r.get("error") or "")
         print(f"{r['name']:<{width}}  {r['status']:<8} {r['attempts']:>5} {r['step'] or '-':>10} {ret:>8} {sps:>9}  {err}")
     done = sum(r["status"] == "done" for r in rows)
     print(f"{done}/{len(rows)} done")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import ray
 
 from fiberlab.sweep.cell import CellJob, OnResult, OnStart, run_cell
+from fiberlab.sweep.executors import drive
 
 SYSTEM_RETRIES = 3  # Ray's own retries of a task whose worker or node died
 
@@ -43,22 +44,9 @@ class RayExecutor:
             return
         started_here = self._init()
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=SYSTEM_RETRIES)(run_cell)
-        limit = self.max_parallel or len(jobs)
-        queue = [(job, 1) for job in jobs]
-        running: dict = {}
         try:
-            while queue or running:
-                while queue and len(running) < limit:
-                    job, attempt = queue.pop(0)
-                    on_start(job.name, attempt)
-                    running[task.remote(job)] = (job, attempt)
-                done, _ = ray.wait(list(running), num_returns=1)
-                for ref in done:
-                    job, attempt = running.pop(ref)
-                    result = ray.get(ref)
-                    on_result(result, attempt)
-                    if result.status != "done" and attempt <= retries:
-                        queue.insert(0, (job, attempt + 1))
+            drive(jobs, retries, self.max_parallel or len(jobs), task.remote,
+                  lambda refs: [(r, ray.get(r)) for r in ray.wait(refs, num_returns=1)[0]], on_start, on_result)
         finally:
             if started_here:
                 ray.shutdown()

@@ -13,13 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fiberlab.errors import BadInput, first_line
 from fiberlab.rl.run_dir import run_finished
 from fiberlab.sweep.cell import CellJob, CellResult
 from fiberlab.sweep.cells import Cell, build_cells
-from fiberlab.sweep.executors import get_executor
+from fiberlab.sweep.executors import Executor, LocalExecutor
 from fiberlab.sweep.index import SweepIndex, read_index
 from fiberlab.sweep.progress import LiveTable
 from fiberlab.sweep.spec import SweepSpec
+
+
+EXECUTORS = ("local", "ray", "skypilot")
+
+
+def get_executor(name: str, max_parallel: int | None = None, ray_address: str | None = None, cpus: int = 1, gpus: float = 0) -> Executor:
+    """The executor called ``name`` (``cpus``/``gpus``: what one cell asks of Ray); an engine that is
+    not installed is one line naming its extra."""
+    if name == "local":
+        return LocalExecutor(max_parallel)
+    if name == "ray":
+        try:
+            from fiberlab.sweep.ray_executor import RayExecutor
+        except ImportError as e:
+            raise BadInput(f"--executor ray needs Ray: pip install -c constraints.txt 'fiberlab[ray]' ({e})") from None
+        return RayExecutor(max_parallel=max_parallel, address=ray_address, num_cpus=cpus, num_gpus=gpus)
+    if name == "skypilot":
+        raise BadInput("--executor skypilot writes task files to launch with 'sky jobs launch'; it does not run cells here (see docs/sweeps.md)")
+    raise BadInput(f"bad value {name!r} for --executor: {', '.join(EXECUTORS)} is allowed")
 
 
 @dataclass
@@ -95,7 +115,7 @@ def run_sweep(spec: SweepSpec, train_dir: str | Path = "./train_dir", executor: 
             outcome.ran.append(result.name)
             log(f"[sweep {spec.name}] done  {result.name} in {result.wall_time:.1f} s ({result.sps or 0:,.0f} SPS)")
         else:
-            log(f"[sweep {spec.name}] FAILED {result.name} (attempt {attempt}, exit {result.exit_code}): {(result.error or '').splitlines()[0]}")
+            log(f"[sweep {spec.name}] FAILED {result.name} (attempt {attempt}, exit {result.exit_code}): {first_line(result.error or '')}")
 
     jobs = [CellJob(c.name, c.config.model_dump()) for c in plan.todo]
     with LiveTable(index, plan.steps_per_cell, enabled=live):
