@@ -11,7 +11,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first; a package may import its own layer and the ones before it
 LAYERS = [
-    {"errors", "atomic", "devices", "config", "__init__"},  # the base: plain modules of fiberlab/
+    {"errors", "atomic", "devices", "config", "intervals", "__init__"},  # the base: plain modules of fiberlab/
     {"envs"},
     {"recipes"},
     {"cortex"},

@@ -15,7 +15,8 @@ import torch
 
 from fiberlab.cli.main import main
 from fiberlab.cortex.pattern import build_stack
-from fiberlab.experiments.cortex_eval import EvalConfig, SequenceClassifier, summarize, t_interval, train_seed
+from fiberlab.experiments.cortex_eval import EvalConfig, SequenceClassifier, summarize, train_seed
+from fiberlab.intervals import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 PATTERN = "L"  # nn.LSTM-backed: the cheapest cell on CPU

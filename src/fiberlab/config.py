@@ -57,7 +57,7 @@ class MettagridEnvConfig(StrictModel):
 class EnvConfig(StrictModel):
     """Which environment and how many copies step together.
 
-    ``name``: ``popgym.<EnvName>``, ``atari.<Game>``, or ``mettagrid.<arena|navigation|assembly_lines>``.
+    ``name``: ``popgym.<EnvName>``, ``atari.<Game>``, ``mettagrid.<arena|navigation|assembly_lines>`` or ``darkroom.<darkroom|darkroom_permuted|dark_key_to_door>``.
     For multi-agent mettagrid the batch is ``num_envs * agents per env``.
     """
 
@@ -243,5 +243,7 @@ def apply_overrides(cfg: BaseModel, overrides: list[str]) -> BaseModel:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
+        if not loc:  # a check across fields (a model validator): its own message names the values
+            raise ConfigError(err["msg"].removeprefix("Value error, ")) from None
         value = err.get("input")
         raise ConfigError(f"bad value {value!r} for {loc!r}: {err['msg']}") from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fiberlab.config import ConfigError, EnvConfig
 from fiberlab.envs.base import EnvSpec, EpisodeStats, VecEnv
 
-FAMILIES = ("popgym", "atari", "mettagrid")
+FAMILIES = ("popgym", "atari", "mettagrid", "darkroom")
 
 
 def make_vecenv(cfg: EnvConfig, seed: int = 0) -> VecEnv:
@@ -23,6 +23,10 @@ def make_vecenv(cfg: EnvConfig, seed: int = 0) -> VecEnv:
         from fiberlab.envs.atari import AtariVecEnv
 
         return AtariVecEnv(cfg, seed)
+    if family == "darkroom":
+        from fiberlab.envs.darkroom import DarkroomVecEnv
+
+        return DarkroomVecEnv(cfg, seed)
     from fiberlab.envs.mettagrid import MettagridVecEnv
 
     return MettagridVecEnv(cfg, seed)

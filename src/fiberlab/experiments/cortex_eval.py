@@ -44,8 +44,9 @@ from torch import nn
 from fiberlab.atomic import write_json_atomic
 from fiberlab.cortex.base import MemoryModule, detach_state
 from fiberlab.devices import resolve_device
-from fiberlab.experiments.memory_tasks import TASKS, make_task, task_params
 from fiberlab.errors import BadInput
+from fiberlab.experiments.memory_tasks import TASKS, make_task, task_params
+from fiberlab.intervals import t_interval
 
 StackBuilder = Callable[..., MemoryModule]  # (pattern, d_hidden, num_layers) -> stack
 
@@ -211,17 +212,6 @@ def train_seed(cfg: EvalConfig, seed: int, stack_builder: StackBuilder | None = 
         "device": str(device),
         "torch": torch.__version__,
     }
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of the Student-t interval (nan with fewer than 2 values)."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=float)
-    if len(a) < 2:
-        return float(a.mean()), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
-    return float(a.mean()), float(half)
 
 
 def _finite(v: float) -> float | None:

@@ -9,7 +9,7 @@ import importlib
 
 from fiberlab.config import ConfigError, TrainConfig
 
-RECIPES = ("demo", "arena", "navigation", "assembly_lines", "beam_rider")
+RECIPES = ("demo", "arena", "navigation", "assembly_lines", "beam_rider", "darkroom")
 FAMILIES = ("atari", "popgym")
 
 
