@@ -105,3 +105,12 @@ def test_no_import_circles():
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as e:
         raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None
+
+
+def test_distill_stays_on_the_training_core():
+    """Issue 14: ``fiberlab.distill`` may use envs, policies, rl and checkpoint, nothing above them,
+    and not ``fibration`` either (which the layer order alone would allow)."""
+    allowed = {"errors", "atomic", "devices", "config", "intervals", "__init__", "envs", "policies", "rl", "checkpoint", "distill", "cortex", "recipes"}
+    bad = sorted(f"{src} -> {dst}" for src, dsts in resolved_imports().items() if layer_of(src) == "distill"
+                 for dst in dsts if layer_of(dst) not in allowed)
+    assert not bad, "distill imports outside its allowed packages:\n" + "\n".join(bad)
