@@ -82,10 +82,15 @@ def cmd_scratch(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    if args.name == "ad":  # fiberlab pipeline ad ENV: Algorithm Distillation (fiberlab.cli.ad)
+        from fiberlab.cli.ad import cmd_pipeline_ad
+
+        return cmd_pipeline_ad(args)
     from fiberlab.experiments.fibration_pipeline import run_pipeline
 
     if args.name != "fibration":
-        raise BadInput(f"unknown pipeline {args.name!r}: allowed is fibration")
+        raise BadInput(f"unknown pipeline {args.name!r}: allowed are fibration, ad")
+    args.seeds = 1 if args.seeds is None else args.seeds
     count("--seeds", args.seeds, minimum=1)
     count("--jobs", args.jobs, minimum=1)
     count("--eval-episodes", args.eval_episodes)
@@ -176,14 +181,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="FILE.png (FILE.csv and FILE.md are written next to it)")
     p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
     p.set_defaults(func=cmd_compare, _kv_into="runs")  # a train_dir=DIR after --out joins the runs
-    p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, original continued, collapse, ablation, scratch, compare (resumable)")
-    p.add_argument("name", help="fibration")
-    p.add_argument("recipe")
+    p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, original continued, collapse, ablation, scratch, compare; "
+                       "fiberlab pipeline ad ENV: collect, train AD/CompressedAD/random markers, evaluate, compare (both resumable)")
+    p.add_argument("name", help="fibration or ad")
+    p.add_argument("recipe", help="fibration: the recipe; ad: the env (darkroom, darkroom_permuted, dark_key_to_door)")
     _thr_args(p)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=int, help="seeds (default: fibration 1, ad 3)")
     p.add_argument("--retrain-fraction", type=float, default=0.5, help="steps of each retraining as a fraction of the baseline's")
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--train-dir", help="where the runs go (the same as train_dir=DIR; default ./train_dir)")
     p.add_argument("--jobs", type=int, default=2, help="independent runs trained at once, each in its own process (default 2: one per core of a laptop)")
-    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the baseline (run=NAME names the experiment)")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the baseline (run=NAME names the experiment); "
+                   "ad: CollectConfig/ADConfig keys, collect.KEY=V or train.KEY=V for one of them, eval_timesteps=N, out=DIR (docs/distill.md)")
     p.set_defaults(func=cmd_pipeline)

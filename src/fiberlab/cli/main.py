@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fiberlab.cli.sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)
+    from fiberlab.cli.ad import add_parser as add_ad_parser
+
+    add_ad_parser(sub)
     _remember_parsers(p)
     return p
 
