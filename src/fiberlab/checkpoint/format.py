@@ -138,26 +138,41 @@ def save(
         "config": config,
     }
     if optimizer is not None:
-        names = {id(p): n for n, p in policy.named_parameters()}
-        sd = optimizer.state_dict()
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
-        order = [p for g in optimizer.param_groups for p in g["params"]]
-        manifest["optimizer"] = {
-            "class": type(optimizer).__name__,
-            "param_groups": groups,
-            "group_sizes": [len(g["params"]) for g in sd["param_groups"]],
-            "param_names": [names.get(id(p), "") for p in order],
-        }
-        for idx, state in sd["state"].items():
-            for key, val in state.items():
-                t = val if torch.is_tensor(val) else torch.tensor(val)
-                tensors[f"optimizer/{idx}/{key}"] = t.detach().to("cpu").contiguous()
+        manifest["optimizer"], state = optimizer_tensors(optimizer, policy)
+        tensors.update(state)
     if rng is not None:
         manifest["rng"] = rng
     manifest.update(extra_manifest or {})
     if torch_rng is not None:
         tensors["rng/torch"] = torch_rng
     return write_checkpoint(path, manifest, tensors, compress=compress, level=level, shuffle=shuffle)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``optimizer``'s manifest record and its ``optimizer/<param index>/<state key>`` tensors (on the CPU).
+
+    The record holds ``class``, the ``param_groups`` without their parameters, ``group_sizes`` and
+    ``param_names`` (each state index's parameter by its name in ``module``; "" for one outside it):
+    with the tensors, enough to rebuild ``optimizer.state_dict()`` and no pickle. Policy and AD
+    checkpoints both store their optimizer this way, so one record model
+    (:class:`~fiberlab.checkpoint.manifest.OptimizerRecord`) and one tensor check
+    (``reader.module_tensor_problems``) serve both.
+    """
+    names = {id(p): n for n, p in module.named_parameters()}
+    sd = optimizer.state_dict()
+    order = [p for g in optimizer.param_groups for p in g["params"]]
+    record = {
+        "class": type(optimizer).__name__,
+        "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
+        "group_sizes": [len(g["params"]) for g in sd["param_groups"]],
+        "param_names": [names.get(id(p), "") for p in order],
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, state in sd["state"].items():
+        for key, val in state.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"optimizer/{idx}/{key}"] = t.detach().to("cpu").contiguous()
+    return record, tensors
 
 
 @dataclass

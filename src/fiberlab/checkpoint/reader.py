@@ -21,6 +21,7 @@ format, other env, missing checksum) go into the :class:`CompatibilityReport`.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from fiberlab.checkpoint.format import RawHeader, read_raw_header, read_tensors
 from fiberlab.checkpoint.manifest import (
     OPTIMIZER_KEY,
     Manifest,
+    OptimizerRecord,
     TensorEntry,
     index_problems,
     manifest_problems,
@@ -58,6 +60,7 @@ from fiberlab.errors import first_line
 from fiberlab.policies import build_policy
 
 RNG_KEY = "rng/torch"
+TORCH_RNG_KEY = re.compile(r"^rng/torch$")  # a policy checkpoint's one RNG tensor (an AD checkpoint allows more)
 MAX_RNG_BYTES = 1 << 20  # torch's CPU generator state is 5,056 bytes; CUDA's is smaller
 TORCH_TO_SAFETENSORS = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -83,18 +86,32 @@ class Checkpoint:
         info = self.manifest.optimizer
         if info is None:
             raise CheckpointError(f"{self.path}: holds no optimizer state")
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, t in self.optimizer_state.items():
-            idx, name = key.split("/", 1)
-            state.setdefault(int(idx), {})[name] = t
-        groups, start = [], 0
-        for g, n in zip(info.param_groups, info.group_sizes):
-            groups.append({**g, "params": list(range(start, start + n))})
-            start += n
-        try:
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
+        restore_optimizer(self.path, info, self.optimizer_state, optimizer)
+
+
+def restore_optimizer(path: Path, record: OptimizerRecord, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    """Load ``optimizer`` from a checkpoint's optimizer ``record`` and its ``"<index>/<key>"`` tensors.
+
+    The inverse of :func:`fiberlab.checkpoint.format.optimizer_tensors`, so policy and AD
+    checkpoints restore the same way. JSON stored a tuple hyperparameter (Adam's ``betas``) as a
+    list: it becomes a tuple again where ``optimizer`` holds one, so the restored state is the
+    saved one. ``optimizer`` must be built over the same parameters in the same order; when it
+    does not fit, a one-line CheckpointError naming ``path``.
+    """
+    by_index: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        idx, name = key.split("/", 1)
+        by_index.setdefault(int(idx), {})[name] = t
+    groups, start = [], 0
+    for i, (g, n) in enumerate(zip(record.param_groups, record.group_sizes)):
+        own = optimizer.param_groups[i] if i < len(optimizer.param_groups) else {}
+        g = {k: tuple(v) if isinstance(v, list) and isinstance(own.get(k), tuple) else v for k, v in g.items()}
+        groups.append({**g, "params": list(range(start, start + n))})
+        start += n
+    try:
+        optimizer.load_state_dict({"state": by_index, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
 
 
 @dataclass
@@ -165,30 +182,46 @@ def meta_policy(manifest: Manifest, report: CompatibilityReport) -> nn.Module | 
 
 def tensor_problems(policy: nn.Module, manifest: Manifest, index: dict[str, TensorEntry]) -> list[str]:
     """Step 3b: every way the index differs from what ``policy`` and its optimizer hold."""
-    expected = {f"policy/{k}": v for k, v in policy.state_dict().items()}
-    params = dict(policy.named_parameters())
     order = manifest.optimizer.param_names if manifest.optimizer else []
+    return module_tensor_problems(policy, "policy/", index, order)
+
+
+def module_tensor_problems(module: nn.Module, prefix: str, index: dict[str, TensorEntry], optimizer_param_names: list[str], *,
+                           what: str = "architecture", rng_key: re.Pattern[str] = TORCH_RNG_KEY, rng_hint: str = RNG_KEY) -> list[str]:
+    """Every way a checkpoint's tensor index differs from what ``module`` and an optimizer over its
+    parameters hold, one line each (empty: they match).
+
+    Allowed, and nothing else: ``module``'s state dict under ``prefix`` (every tensor, each of
+    exactly its shape and dtype); ``optimizer/<i>/<key>`` for the ``i``-th of
+    ``optimizer_param_names`` (the optimizer record's, empty without one), shaped like that
+    parameter (a moment) or one element (a step); RNG states named by ``rng_key`` (U8[n], capped).
+    Policy and AD checkpoints are both checked here against a module built on the meta device, so
+    a bogus size or a stray tensor in either is refused in the same words before anything is
+    allocated. ``what`` names the module in the messages; ``rng_hint`` the RNG names allowed.
+    """
+    expected = {prefix + k: v for k, v in module.state_dict().items()}
+    params = dict(module.named_parameters())
     problems = []
     for name, entry in index.items():
         if name in expected:
             want = expected[name]
             dtype = TORCH_TO_SAFETENSORS.get(want.dtype)
             if entry.shape != list(want.shape) or entry.dtype != dtype:
-                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}, the architecture needs {dtype}{list(want.shape)}")
+                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}, the {what} needs {dtype}{list(want.shape)}")
         elif name.startswith("optimizer/"):
-            problems += _optimizer_problem(name, entry, order, params)
-        elif name == RNG_KEY:
+            problems += _optimizer_problem(name, entry, optimizer_param_names, params, what)
+        elif rng_key.match(name):
             if entry.dtype != "U8" or len(entry.shape) != 1 or entry.nbytes > MAX_RNG_BYTES:
-                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}; a torch RNG state is U8[n], n <= {MAX_RNG_BYTES}")
+                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}; an RNG state is U8[n], n <= {MAX_RNG_BYTES}")
         else:
-            problems.append(f"unexpected tensor {name[:80]!r} (allowed: the policy's, optimizer/<i>/<key>, {RNG_KEY})")
+            problems.append(f"unexpected tensor {name[:80]!r} (allowed: {prefix}<key>, optimizer/<i>/<key>, {rng_hint})")
     missing = sorted(set(expected) - set(index))
     if missing:
-        problems.append(f"{len(missing)} tensor(s) of the architecture missing, first {missing[0]!r}")
+        problems.append(f"{len(missing)} tensor(s) of the {what} missing, first {missing[0]!r}")
     return problems
 
 
-def _optimizer_problem(name: str, entry: TensorEntry, order: list[str], params: dict[str, nn.Parameter]) -> list[str]:
+def _optimizer_problem(name: str, entry: TensorEntry, order: list[str], params: dict[str, nn.Parameter], what: str) -> list[str]:
     """An optimizer tensor must belong to a listed parameter and be its size (a moment) or a scalar (a step)."""
     m = OPTIMIZER_KEY.match(name)
     if m is None or not order:
@@ -198,7 +231,7 @@ def _optimizer_problem(name: str, entry: TensorEntry, order: list[str], params: 
         return [f"tensor {name!r} is for parameter {i}, the optimizer record lists {len(order)}"]
     param = params.get(order[i])
     if param is None:
-        return [f"tensor {name!r} is for parameter {order[i]!r}, which the architecture does not have"]
+        return [f"tensor {name!r} is for parameter {order[i]!r}, which the {what} does not have"]
     if entry.numel != 1 and entry.shape != list(param.shape):  # a step counter, or a moment shaped like the parameter
         return [f"tensor {name!r} is {entry.dtype}{entry.shape}; parameter {order[i]!r} is {list(param.shape)}"]
     return []

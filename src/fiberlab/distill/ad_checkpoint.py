@@ -5,7 +5,9 @@ name, then a rename; the checksum covers the tensors AND the manifest) and read 
 module's header and tensor readers. The manifest says ``kind: "ad_transformer"`` and holds the
 whole :class:`~fiberlab.distill.config.ADConfig` (so the network is rebuilt from the file alone),
 the model's sizes, a free-form ``meta`` (step, env, dataset, test accuracy, marker rates, ...) and,
-in a resumable ``last`` checkpoint, the optimizer's hyperparameters and the scheduler state.
+in a resumable ``last`` checkpoint, the optimizer record and the scheduler state. The optimizer is
+stored exactly as in a policy checkpoint (:func:`fiberlab.checkpoint.format.optimizer_tensors`,
+validated by :class:`fiberlab.checkpoint.manifest.OptimizerRecord`).
 
 Tensors: ``model/<state_dict key>``, ``optimizer/<param index>/<state key>``, ``rng/<name>``
 (uint8 generator states).
@@ -13,7 +15,8 @@ Tensors: ``model/<state_dict key>``, ``optimizer/<param index>/<state key>``, ``
 Loading trusts nothing before it is checked, in this order: the header (size-capped, by the
 checkpoint package), the manifest (a pydantic model; the config re-validated as an ADConfig), the
 tensor index against a model built on the meta device (names, shapes, dtypes: a bogus width is
-refused before anything is allocated), the checksum, finiteness. Any fault is ONE
+refused before anything is allocated; the same check as a policy checkpoint's,
+:func:`fiberlab.checkpoint.reader.module_tensor_problems`), the checksum, finiteness. Any fault is ONE
 :class:`~fiberlab.errors.BadInput` line naming the file.
 """
 from __future__ import annotations
@@ -24,23 +27,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from fiberlab import __version__
 from fiberlab.checkpoint.base import FORMAT_VERSION, CheckpointError, checksum
-from fiberlab.checkpoint.format import read_raw_header, read_tensors, write_checkpoint
-from fiberlab.checkpoint.manifest import validate_index
+from fiberlab.checkpoint.format import (
+    optimizer_tensors,
+    read_raw_header,
+    read_tensors,
+    write_checkpoint,
+)
+from fiberlab.checkpoint.manifest import OptimizerRecord, validate_index
+from fiberlab.checkpoint.reader import module_tensor_problems, restore_optimizer
 from fiberlab.distill.config import ADConfig
 from fiberlab.distill.model import ADTransformer
-from fiberlab.errors import BadInput, first_line
+from fiberlab.errors import BadInput
 
 KIND = "ad_transformer"
 MODEL_PREFIX = "model/"
-_OPT_KEY = re.compile(r"^optimizer/(\d{1,6})/([A-Za-z_][A-Za-z0-9_]{0,63})$")
 _RNG_KEY = re.compile(r"^rng/([A-Za-z_][A-Za-z0-9_]{0,63})$")
-MAX_RNG_BYTES = 1 << 20
-_SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-                      torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 class _Strict(BaseModel):
@@ -51,12 +56,6 @@ class ModelSizes(_Strict):
     num_states: int
     num_actions: int
     grid: int
-
-
-class OptimizerRecord(_Strict):
-    cls: str  # the optimizer class name (AdamW)
-    param_groups: list[dict[str, Any]]  # hyperparameters, without the parameters
-    param_names: list[str]  # the parameter each state index belongs to, in order
 
 
 class ADManifest(_Strict):
@@ -72,6 +71,19 @@ class ADManifest(_Strict):
     optimizer: OptimizerRecord | None = None
     scheduler: dict[str, Any] | None = None
     checksum: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_optimizer(cls, data: Any) -> Any:
+        """Files written before the optimizer record was shared with policy checkpoints (``cls``,
+        each group's ``size``) still resume: their record is read as the shared layout. The
+        checksum covers the manifest as stored, so this changes nothing it verifies."""
+        opt = data.get("optimizer") if isinstance(data, dict) else None
+        groups = opt.get("param_groups") if isinstance(opt, dict) and "cls" in opt else None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            return data
+        return {**data, "optimizer": {"class": opt["cls"], "param_groups": [{k: v for k, v in g.items() if k != "size"} for g in groups],
+                                      "group_sizes": [g.get("size") for g in groups], "param_names": opt.get("param_names")}}
 
 
 @dataclass
@@ -91,25 +103,9 @@ class ADCheckpoint:
         """Restore ``optimizer`` (built over this model's parameters, in the same order)."""
         if self.optimizer is None:
             raise BadInput(f"{self.path}: holds no optimizer state (a best checkpoint; resume from last.safetensors)")
-        if type(optimizer).__name__ != self.optimizer.cls:
-            raise BadInput(f"{self.path}: its optimizer state is {self.optimizer.cls}'s, not {type(optimizer).__name__}'s")
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, t in self.optimizer_state.items():
-            idx, name = key.split("/", 1)
-            state.setdefault(int(idx), {})[name] = t
-        groups, start = [], 0
-        for group, size in zip(self.optimizer.param_groups, _group_sizes(self.optimizer)):
-            g = {k: (tuple(v) if k == "betas" else v) for k, v in group.items() if k != "size"}
-            groups.append({**g, "params": list(range(start, start + size))})
-            start += size
-        try:
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise BadInput(f"{self.path}: its optimizer state does not fit this optimizer ({first_line(e)})") from None
-
-
-def _group_sizes(rec: OptimizerRecord) -> list[int]:
-    return [int(g.get("size", 0)) for g in rec.param_groups]
+        if type(optimizer).__name__ != self.optimizer.class_:
+            raise BadInput(f"{self.path}: its optimizer state is {self.optimizer.class_}'s, not {type(optimizer).__name__}'s")
+        restore_optimizer(self.path, self.optimizer, self.optimizer_state, optimizer)
 
 
 def save_ad(path: str | Path, model: ADTransformer, cfg: ADConfig, meta: dict[str, Any], optimizer: torch.optim.Optimizer | None = None,
@@ -117,6 +113,10 @@ def save_ad(path: str | Path, model: ADTransformer, cfg: ADConfig, meta: dict[st
     """Write ``model`` (+ optimizer state, scheduler state and RNG states for a resumable checkpoint)
     atomically to ``path``. ``meta`` must be JSON-serialisable."""
     tensors: dict[str, torch.Tensor] = {MODEL_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    record, optimizer_state = optimizer_tensors(optimizer, model) if optimizer is not None else (None, {})
+    tensors.update(optimizer_state)
+    for name, state in (rng or {}).items():
+        tensors[f"rng/{name}"] = state.detach().to("cpu", torch.uint8).contiguous()
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -125,22 +125,9 @@ def save_ad(path: str | Path, model: ADTransformer, cfg: ADConfig, meta: dict[st
         "config": cfg.model_dump(mode="json"),
         "model": {"num_states": model.num_states, "num_actions": model.num_actions, "grid": model.grid},
         "meta": meta,
+        "optimizer": record,  # null in a best checkpoint, as is the scheduler
+        "scheduler": scheduler_state,
     }
-    if optimizer is not None:
-        names = {id(p): n for n, p in model.named_parameters()}
-        sd = optimizer.state_dict()
-        order = [p for g in optimizer.param_groups for p in g["params"]]
-        groups = [{**{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}, "size": len(g["params"])}
-                  for g in sd["param_groups"]]
-        manifest["optimizer"] = {"cls": type(optimizer).__name__, "param_groups": groups, "param_names": [names.get(id(p), "") for p in order]}
-        for idx, state in sd["state"].items():
-            for key, val in state.items():
-                t = val if torch.is_tensor(val) else torch.tensor(val)
-                tensors[f"optimizer/{idx}/{key}"] = t.detach().to("cpu").contiguous()
-    if scheduler_state is not None:
-        manifest["scheduler"] = scheduler_state
-    for name, state in (rng or {}).items():
-        tensors[f"rng/{name}"] = state.detach().to("cpu", torch.uint8).contiguous()
     return write_checkpoint(path, manifest, tensors)
 
 
@@ -201,39 +188,15 @@ def load_ad(path: str | Path, device: torch.device | str = "cpu") -> tuple[ADTra
 
 
 def _index_problems(skeleton: ADTransformer, manifest: ADManifest, index: dict[str, Any]) -> list[str]:
-    """Every way the stored tensors differ from what the described model and optimizer hold."""
-    expected = {MODEL_PREFIX + k: v for k, v in skeleton.state_dict().items()}
-    params = dict(skeleton.named_parameters())
+    """Every way the stored tensors differ from what the described model and optimizer hold: the
+    policy checkpoint's check (model tensors under ``model/``, any ``rng/<name>``), and every
+    parameter the optimizer record names must be the model's."""
     names = manifest.optimizer.param_names if manifest.optimizer else []
-    problems = []
-    for name, entry in index.items():
-        if name in expected:
-            want = expected[name]
-            dtype = _SAFETENSORS_DTYPE.get(want.dtype)
-            if entry.shape != list(want.shape) or entry.dtype != dtype:
-                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}, the model needs {dtype}{list(want.shape)}")
-            continue
-        m = _OPT_KEY.match(name)
-        if m is not None:
-            i = int(m[1])
-            param = params.get(names[i]) if i < len(names) else None
-            if param is None:
-                problems.append(f"tensor {name!r} belongs to no parameter of the optimizer record")
-            elif entry.shape not in (list(param.shape), []):
-                problems.append(f"tensor {name!r} has shape {entry.shape}; its parameter has {list(param.shape)}")
-            continue
-        if _RNG_KEY.match(name):
-            if entry.dtype != "U8" or len(entry.shape) != 1 or entry.nbytes > MAX_RNG_BYTES:
-                problems.append(f"tensor {name!r} is {entry.dtype}{entry.shape}; an RNG state is U8[n], n <= {MAX_RNG_BYTES}")
-            continue
-        problems.append(f"unexpected tensor {name[:80]!r}")
-    missing = sorted(set(expected) - set(index))
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) of the model missing, first {missing[0]!r}")
-    if manifest.optimizer is not None:
-        unknown = [n for n in manifest.optimizer.param_names if n not in params]
-        if unknown:
-            problems.append(f"the optimizer record names parameter {unknown[0]!r}, which the model does not have")
+    problems = module_tensor_problems(skeleton, MODEL_PREFIX, index, names, what="model", rng_key=_RNG_KEY, rng_hint="rng/<name>")
+    params = dict(skeleton.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        problems.append(f"the optimizer record names parameter {unknown[0]!r}, which the model does not have")
     return problems
 
 
