@@ -54,3 +54,10 @@ def resolve_train_dir(flag: str | None, items: list[str]) -> tuple[str | None, l
             first_text = f"--train-dir {first_val}" if first == "--train-dir" else first
             raise BadInput(f"train_dir given twice with different values ({first_text} and {spelling}): give it once")
     return (given[0][1] if given else None), rest
+
+
+def overrides_with_train_dir(flag: str | None, items: list[str]) -> list[str]:
+    """``items`` with the one ``train_dir`` setting (from ``--train-dir`` or ``train_dir=``, see
+    :func:`resolve_train_dir`) as a single ``train_dir=DIR`` override at the end, when given."""
+    train_dir, rest = resolve_train_dir(flag, items)
+    return rest if train_dir is None else [*rest, f"train_dir={train_dir}"]

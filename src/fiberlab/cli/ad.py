@@ -16,7 +16,7 @@ import argparse
 import math
 from pathlib import Path
 
-from fiberlab.cli import count, resolve_train_dir
+from fiberlab.cli import count, overrides_with_train_dir, resolve_train_dir
 from fiberlab.errors import BadInput
 
 REPORT_EPISODES = (1, 5, 10, 25, 50)
@@ -91,9 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fiberlab.config import apply_overrides
     from fiberlab.distill.config import ADConfig
 
-    train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
-    if train_dir is not None:
-        overrides.append(f"train_dir={train_dir}")
+    overrides = overrides_with_train_dir(args.train_dir, args.overrides)
     cfg = apply_overrides(ADConfig(), overrides)
     from fiberlab.distill.histories import open_history
 

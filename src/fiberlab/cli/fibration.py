@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fiberlab.cli import count, resolve_train_dir
+from fiberlab.cli import count, overrides_with_train_dir, resolve_train_dir
 from fiberlab.errors import BadInput
 
 DEFAULT_TRAIN_DIR = "./train_dir"
@@ -96,9 +96,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     count("--eval-episodes", args.eval_episodes)
     if not 0.0 < args.retrain_fraction <= 10.0:
         raise BadInput(f"bad value {args.retrain_fraction} for --retrain-fraction: (0, 10] is allowed")
-    train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
-    if train_dir is not None:
-        overrides.append(f"train_dir={train_dir}")
+    overrides = overrides_with_train_dir(args.train_dir, args.overrides)
     thr = parse_thresholds(args)
     res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
     for stage, runs in res.runs.items():

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from fiberlab.cli import Parser, resolve_train_dir
+from fiberlab.cli import Parser, overrides_with_train_dir
 from fiberlab.errors import BadInput, FiberlabError, first_line
 
 PROG = "fiberlab"
@@ -37,9 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fiberlab.api import train
     from fiberlab.experiments.plots import plot_learning_curve
 
-    train_dir, overrides = resolve_train_dir(args.train_dir, args.overrides)
-    if train_dir is not None:
-        overrides.append(f"train_dir={train_dir}")
+    overrides = overrides_with_train_dir(args.train_dir, args.overrides)
     result = train(args.recipe, overrides)
     if not result.is_main:
         return 0
