@@ -56,3 +56,21 @@ def test_checkpoint_io_quick_prints_ratios(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Manifest read vs full load" in proc.stdout and "Compression, atari" in proc.stdout
     assert out_json.stat().st_size > 0
+
+
+def _run_bench(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_darkroom_env_prints_ratios_against_the_reference_and_the_limit(tmp_path: Path) -> None:
+    out = _run_bench("darkroom_env.py", "--streams", "4", "--steps", "40", cwd=tmp_path)
+    assert re.search(r"batched is \d+x the reference", out) and re.search(r"batched is at \d+% of the limit", out), out
+
+
+def test_ad_training_step_quick_prints_the_ratio_and_the_limit(tmp_path: Path) -> None:
+    out = _run_bench("ad.py", "--quick", cwd=tmp_path)
+    assert re.search(r"ours / reference speed-up: \d+\.\dx", out) and "machine limit:" in out, out
