@@ -126,11 +126,13 @@ def test_causal_online_markers_equal_the_offline_rule_on_the_recorded_probabilit
     threshold, window, n_transit = 0.45, 3, 12
     env = RecordingEnv("darkroom", [0, 20, 38, 51, 65, 80])
     model = RecordingModel(n_transit, scale=2.5, seed=3)
+    counts: dict[str, int] = {}
     evaluate_in_context(model, env, eval_timesteps=100, markers="causal", threshold=threshold, window=window,
-                        generator=torch.Generator().manual_seed(2))
+                        generator=torch.Generator().manual_seed(2), marker_counts=counts)
     p = _probs_taken(model, env)  # [T, n]
     start, end = boundaries(segment_mask(p, threshold, window, rule="causal"))
     assert start.any() and end.any(), "the fixture must exercise both markers"
+    assert counts == {"start": int(start.sum()), "end": int(end.sum()), "env_steps": 6 * 100}
     for t, call in enumerate(model.calls):
         lo = max(0, t - (n_transit - 1))
         np.testing.assert_array_equal(call["start"].numpy(), start[lo:t].T)

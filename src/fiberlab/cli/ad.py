@@ -142,6 +142,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"mean over episodes (area under the curve): {res['auc']:.2f}; best possible: {res['best_return_mean']:.2f}")
     per_goal = [sum(r) / len(r) for r in res["returns"]]
     print("per goal (mean over episodes): " + ", ".join(f"{t}: {v:.2f}" for t, v in zip(res["tasks"], per_goal)))
+    placed = res["markers_placed"]
+    if res["markers"] != "none":
+        print(f"markers placed: {placed['start']} starts, {placed['end']} ends in {placed['env_steps']:,} env steps")
     if args.out:
         write_json_atomic(Path(args.out), res)
         print(f"json: {args.out}")

@@ -85,6 +85,7 @@ def evaluate_in_context(
     generator: torch.Generator | None = None,
     marker_rates: tuple[float, float] | None = None,
     n_transit: int | None = None,
+    marker_counts: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Run ``model`` in context on every env of ``vec_env`` for ``eval_timesteps`` steps.
 
@@ -93,6 +94,9 @@ def evaluate_in_context(
     step). ``generator`` (on the model's device) makes sampling and random markers reproducible.
     ``marker_rates`` = (start rate, end rate) for ``markers="random"`` (the checkpoint's meta holds
     the training rates). Returns episode returns, float ``(n_envs, eval_timesteps // horizon)``.
+    A dict passed as ``marker_counts`` is filled with how many start and end markers were placed
+    over how many env steps: causal markers fire only where the model stays confident, so a model
+    that is not yet confident in context runs, in effect, without markers.
     """
     markers = check_marker_mode(markers)
     if isinstance(eval_timesteps, bool) or int(eval_timesteps) != eval_timesteps or eval_timesteps < vec_env.horizon:
@@ -155,6 +159,8 @@ def evaluate_in_context(
                 query = out.obs
     finally:
         model.train(was_training)
+    if marker_counts is not None:
+        marker_counts.update(start=int(start.sum()), end=int(end.sum()), env_steps=n * n_episodes * horizon)
     return returns.cpu().numpy()
 
 
@@ -217,8 +223,9 @@ def evaluate_checkpoint(
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     vec_env = GridTasks(env, tasks, device=dev)
+    counts: dict[str, int] = {}
     returns = evaluate_in_context(model, vec_env, eval_timesteps, sample=sample, markers=markers, threshold=thr,
-                                  window=win, generator=gen, marker_rates=rates)
+                                  window=win, generator=gen, marker_rates=rates, marker_counts=counts)
     best = best_return(env, tasks)
     per_episode = returns.mean(axis=0)
     return {
@@ -237,6 +244,7 @@ def evaluate_checkpoint(
         "threshold": thr if markers == "causal" else None,
         "window": win if markers == "causal" else None,
         "marker_rates": list(rates) if rates else None,
+        "markers_placed": counts,  # {start, end, env_steps}: how often the markers actually fired
         "sample": bool(sample),
         "eval_timesteps": int(eval_timesteps),
         "horizon": vec_env.horizon,
