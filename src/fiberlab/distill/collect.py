@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from fiberlab.distill.histories import (
 )
 from fiberlab.envs.darkroom import check_tasks, horizon, num_tasks
 from fiberlab.errors import BadInput
+from fiberlab.rl.logging import LiveProgress
 
 COLLECTOR = "fiberlab.distill.batched_ppo/1"  # bump when the learner's results change for the same settings
 # the settings a goal's history depends on (goals_per_batch, threads and device change only round-off)
@@ -88,53 +88,12 @@ def parts_dir(path: Path) -> Path:
 
 
 # =============================================================================== progress
-class CollectProgress:
-    """Goals done, agent steps per second, mean return: a live rich table on a terminal, one plain
-    line every 2 s elsewhere (CI, pipes, files), or nothing (``mode="none"``); the same decision as
-    :class:`fiberlab.rl.logging.ProgressDisplay`."""
+PROGRESS_KEYS = ("goals done", "batch", "update", "steps/s", "mean return", "eta")
 
-    def __init__(self, mode: str, title: str, total_goals: int) -> None:
-        if mode == "auto":
-            mode = "rich" if sys.stdout.isatty() else "plain"
-        self.mode, self.title, self.total_goals = mode, title, total_goals
-        self.last_plain = 0.0
-        self.live = None
-        if mode == "rich":
-            from rich.live import Live
 
-            self.live = Live(self._table({}), refresh_per_second=4, transient=False)
-            self.live.start()
-
-    def say(self, line: str) -> None:
-        if self.mode == "none":
-            return
-        if self.live is not None:
-            self.live.console.print(line)
-        else:
-            print(line, flush=True)
-
-    def _table(self, row: dict[str, Any]) -> Any:
-        from rich.table import Table
-
-        t = Table(title=self.title, show_header=False)
-        for k in ("goals done", "batch", "update", "steps/s", "mean return", "eta"):
-            t.add_row(k, str(row.get(k, "-")))
-        return t
-
-    def update(self, row: dict[str, Any], force: bool = False) -> None:
-        if self.live is not None:
-            self.live.update(self._table(row))
-        elif self.mode == "plain":
-            now = time.time()
-            if force or now - self.last_plain >= 2.0:
-                self.last_plain = now
-                print(f"[{self.title}] goals {row['goals done']} batch {row['batch']} update {row['update']} "
-                      f"steps/s {row['steps/s']} return {row['mean return']} eta {row['eta']}", flush=True)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+def _plain_line(title: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: (f"[{title}] goals {r['goals done']} batch {r['batch']} update {r['update']} "
+                      f"steps/s {r['steps/s']} return {r['mean return']} eta {r['eta']}")
 
 
 # =============================================================================== parts (resume)
@@ -223,7 +182,8 @@ def collect_histories(cfg: CollectConfig, progress: bool = True, *, overwrite: b
     resumed = [g for g in goals if (folder / f"goal_{g}.npz").exists()]
     todo = [g for g in goals if g not in set(resumed)]
     mode = cfg.progress if progress else "none"
-    display = CollectProgress(mode, f"fiberlab ad collect: {cfg.env}, alg_seed {cfg.alg_seed}", len(goals))
+    title = f"fiberlab ad collect: {cfg.env}, alg_seed {cfg.alg_seed}"
+    display = LiveProgress(mode, title, PROGRESS_KEYS, _plain_line(title))
     if resumed:
         display.say(f"resuming {folder}: {len(resumed)} of {len(goals)} goals already collected, skipped ({goal_ranges(resumed)})")
     threads = torch.get_num_threads()

@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +81,68 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class ProgressDisplay(Callback):
-    """A live rich panel on a terminal; one plain line per epoch elsewhere (CI, pipes, files)."""
+class LiveProgress:
+    """The console side of any long job: a live rich table of ``keys`` on a terminal, one plain line
+    at most every 2 s elsewhere (CI, pipes, files), or nothing (``mode="none"``).
 
-    def __init__(self, mode: str, total_steps: int, run: str) -> None:
+    ``mode="auto"`` picks rich on a terminal and plain otherwise. ``plain(row)`` formats the plain
+    line. Used by training (:class:`ProgressDisplay`) and by ``fiberlab ad collect``.
+    """
+
+    def __init__(self, mode: str, title: str, keys: tuple[str, ...], plain: Callable[[dict[str, Any]], str]) -> None:
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
-        self.mode, self.total, self.run = mode, total_steps, run
-        self.live = None
+        self.mode, self.title, self.keys, self.plain = mode, title, keys, plain
         self.last_plain = 0.0
-        self.last_return: float | None = None  # episodes end in bursts: show the latest known
+        self.live = None
         if mode == "rich":
             from rich.live import Live
 
             self.live = Live(self._table({}), refresh_per_second=4, transient=False)
             self.live.start()
 
-    def _table(self, row: dict[str, Any]):
+    def _table(self, row: dict[str, Any]) -> Any:
         from rich.table import Table
 
-        t = Table(title=f"fiberlab train: {self.run}", show_header=False)
-        for k in ("agent_step", "epoch", "sps", "episode_return", "episode_length", "eta"):
+        t = Table(title=self.title, show_header=False)
+        for k in self.keys:
             t.add_row(k, _fmt(row.get(k)))
         return t
+
+    def update(self, row: dict[str, Any], force: bool = False) -> None:
+        """Show ``row``; a plain line only if 2 s have passed since the last one, or ``force``."""
+        if self.live is not None:
+            self.live.update(self._table(row))
+        elif self.mode == "plain":
+            now = time.time()
+            if force or now - self.last_plain >= 2.0:
+                self.last_plain = now
+                print(self.plain(row), flush=True)
+
+    def say(self, line: str) -> None:
+        """One message line (above the live table on a terminal)."""
+        if self.mode == "none":
+            return
+        if self.live is not None:
+            self.live.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+class ProgressDisplay(Callback):
+    """Training's console: step, epoch, speed, the latest episode return and the time left."""
+
+    def __init__(self, mode: str, total_steps: int, run: str) -> None:
+        self.total, self.run = total_steps, run
+        self.last_return: float | None = None  # episodes end in bursts: show the latest known
+        self.display = LiveProgress(mode, f"fiberlab train: {run}", ("agent_step", "epoch", "sps", "episode_return", "episode_length", "eta"),
+                                    lambda r: (f"[{run}] step {r['agent_step']}/{total_steps} epoch {r['epoch']} "
+                                               f"sps {_fmt(r.get('sps'))} return {_fmt(r.get('episode_return'))} eta {r['eta']}"))
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         sps = row.get("sps") or 0
@@ -110,21 +150,10 @@ class ProgressDisplay(Callback):
         if row.get("episode_return") is not None:
             self.last_return = row["episode_return"]
         row = {**row, "eta": f"{max(eta, 0):.0f}s" if eta is not None else None, "episode_return": self.last_return}
-        if self.mode == "rich" and self.live is not None:
-            self.live.update(self._table(row))
-        elif self.mode == "plain":
-            now = time.time()
-            if now - self.last_plain >= 2.0 or row["agent_step"] >= self.total:
-                self.last_plain = now
-                print(
-                    f"[{self.run}] step {row['agent_step']}/{self.total} epoch {row['epoch']} "
-                    f"sps {_fmt(row.get('sps'))} return {_fmt(row.get('episode_return'))} eta {row['eta']}",
-                    flush=True,
-                )
+        self.display.update(row, force=row["agent_step"] >= self.total)
 
     def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
+        self.display.close()
 
 
 def _fmt(v: Any) -> str:
