@@ -205,3 +205,26 @@ def test_bad_inputs_are_one_line(tmp_path):
         write_report(d)
     for err in (e, e2, e3, e4):
         assert "\n" not in str(err.value)
+
+
+def test_difficulty_table_reads_every_env_axis_and_the_wall_time_to_convergence(tmp_path):
+    """Two assembly_lines curricula and a control, told apart by env.* axes other than env.name. Each
+    curve converges at step 500, where its wall clock (step / 100) reads 5 s."""
+    axes = ("env.name", "env.mettagrid.curriculum")
+    tasks = [("mettagrid.assembly_lines", "level_0", [1.0, 2.0, 3.0]), ("mettagrid.assembly_lines", "level_1", [0.5, 0.6, 0.7]),
+             ("mettagrid.navigation", None, [4.0, 4.0, 4.0])]
+    v = {f"name={e}.curriculum={c}": ({"env.name": e, "env.mettagrid.curriculum": c}, f, 1000) for e, c, f in tasks}
+    d = make_sweep(tmp_path, "difficulty", v, axes=axes)
+    write_report(d, reps=200)
+    md = (d / "report" / "report.md").read_text()
+    table = md.split("## Difficulty")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| env.name=")]
+    assert len(rows) == 3
+    assert "env.mettagrid.curriculum=level_1" in rows[1] and "| 3/3 | 500 ± 0 | 5 ± 0 |" in rows[1]
+    s = json.loads((d / "report" / "summary.json").read_text())
+    # every env.* axis names the task: three tasks, not two env names
+    assert s["aggregates"]["envs"] == ["mettagrid.assembly_lines curriculum=level_0",
+                                       "mettagrid.assembly_lines curriculum=level_1", "mettagrid.navigation curriculum=None"]
+    csv_rows = (d / "report" / "report.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert float(csv_rows[1].split(",")[header.index("convergence_wall_mean")]) == pytest.approx(5.0)

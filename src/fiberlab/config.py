@@ -44,14 +44,24 @@ class AtariEnvConfig(StrictModel):
 
 
 class MettagridEnvConfig(StrictModel):
-    """mettagrid 0.26.22 settings; the ``assembly_lines`` knobs follow cortex.md section 6."""
+    """mettagrid 0.26.22 settings; the ``assembly_lines`` knobs follow cortex.md section 6.
+
+    ``curriculum`` (assembly_lines only): None runs the one task the fixed knobs below describe,
+    for ``max_steps`` steps. A name draws every episode's chain length, sinks, room size and
+    terrain from that curriculum's lists (fiberlab.envs.mettagrid.curricula, docs/environments.md)
+    and sets its length to Metta's ``4 * avg_hop * (num_sinks + 10 * chain_length)``; the fixed
+    knobs and ``max_steps`` are then ignored.
+    """
 
     num_agents: int = Field(24, ge=1)  # agents per simulation (arena/navigation)
     max_steps: int = Field(1000, ge=1)
     chain_length: int = Field(3, ge=1, le=6)
     num_sinks: int = Field(1, ge=0, le=2)
-    room_size: Literal["tiny", "small", "medium", "large"] = "small"
+    room_size: Literal["tiny", "small", "medium", "large", "xlarge"] = "small"
     terrain: Literal["none", "sparse", "balanced", "dense"] = "none"
+    curriculum: Literal[
+        "level_0", "level_1", "level_2", "longer_chains", "terrain_1", "terrain_2", "terrain_3", "terrain_4", "full"
+    ] | None = None
 
 
 class EnvConfig(StrictModel):
@@ -133,13 +143,35 @@ class TrainerConfig(StrictModel):
     # (None: off, the default, as in CleanRL and SB3; SB3 users often set 0.01 - 0.05).
     target_kl: float | None = Field(None, gt=0)
     adam_eps: float = Field(1e-5, gt=0)
+    # Truncated BPTT (docs/training.md, "Truncated BPTT"): what a training segment starts from and
+    # what gradient may cross its start. No gradient ever flows through the carried state itself.
     pass_state: bool = True  # segment starts from the state stored at rollout time (else zeros)
     reset_in_training: bool = True  # zero the state at episode starts inside a segment
+    # Axon eligibility traces: the RTUs' own parameters (decay, phase, input weights) get the
+    # gradient of the segment's loss through the stored state's dependence on them (RTRL for a
+    # diagonal recurrence), while the state itself stays detached. Off: strict truncation.
+    axon_traces: bool = False
+    # Shorthand for strict TBPTT: stored detached state, resets applied inside segments, no traces.
+    # Setting it with a contradicting pass_state / reset_in_training / axon_traces is an error.
+    strict_tbptt: bool = False
     # bf16: the PPO update's forward pass under autocast (AMX on recent Xeons, tensor cores on GPUs);
     # weights, optimizer state, losses and acting stay fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_interval: int = Field(10, ge=1)  # epochs
     torch_threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _strict_tbptt(self) -> "TrainerConfig":
+        """``strict_tbptt`` means pass_state, reset_in_training and no axon_traces; a contradicting
+        value is refused rather than silently overridden (pass_state and reset_in_training already
+        default to it)."""
+        if self.strict_tbptt:
+            wrong = [f"{k}={str(v).lower()}" for k, v, want in (
+                ("pass_state", self.pass_state, True), ("reset_in_training", self.reset_in_training, True),
+                ("axon_traces", self.axon_traces, False)) if v != want]
+            if wrong:
+                raise ValueError(f"strict_tbptt=true contradicts {', '.join(wrong)}: strict TBPTT is pass_state=true, reset_in_training=true, axon_traces=false")
+        return self
 
 
 class WandbConfig(StrictModel):

@@ -1,7 +1,10 @@
 """Named recipes: Python modules that return a :class:`TrainConfig`.
 
 A recipe module defines ``DESCRIPTION`` (one line) and ``config()``. Families take a name after a
-dot: ``atari.<Game>`` (any ALE game) and ``popgym.<EnvName>`` (any popgym task).
+dot: ``atari.<Game>`` (any ALE game), ``popgym.<EnvName>`` (any popgym task) and
+``assembly_lines.<curriculum>`` (a named curriculum); ``config(name)`` builds the member and a
+module that is both a recipe and a family (assembly_lines) may describe the family apart in
+``FAMILY_DESCRIPTION``.
 """
 from __future__ import annotations
 
@@ -10,13 +13,15 @@ import importlib
 from fiberlab.config import ConfigError, TrainConfig
 
 RECIPES = ("demo", "arena", "navigation", "assembly_lines", "beam_rider", "darkroom")
-FAMILIES = ("atari", "popgym")
+FAMILIES = ("atari", "popgym", "assembly_lines")
 
 
 def list_recipes() -> list[tuple[str, str]]:
     """(name, one-line description) of every recipe and family."""
     out = [(name, importlib.import_module(f"fiberlab.recipes.{name}").DESCRIPTION) for name in RECIPES]
-    out += [(f"{fam}.<Name>", importlib.import_module(f"fiberlab.recipes.{fam}").DESCRIPTION) for fam in FAMILIES]
+    for fam in FAMILIES:
+        module = importlib.import_module(f"fiberlab.recipes.{fam}")
+        out.append((f"{fam}.<Name>", getattr(module, "FAMILY_DESCRIPTION", module.DESCRIPTION)))
     return out
 
 

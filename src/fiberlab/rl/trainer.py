@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from fiberlab.checkpoint import CheckpointError, load, save
 from fiberlab.config import TrainConfig
+from fiberlab.cortex.cells.axon import set_eligibility_traces
 from fiberlab.devices import resolve_device
 from fiberlab.envs import make_vecenv
 from fiberlab.envs.base import EnvSpec, EpisodeStats
@@ -29,7 +31,16 @@ from fiberlab.rl.callbacks import Callback, CallbackList, PeriodicCheckpoint
 from fiberlab.rl.logging import MetricsLogger, ProgressDisplay
 from fiberlab.rl.ppo import TrainingDiverged, ppo_update
 from fiberlab.rl.rollout import RolloutCollector
-from fiberlab.rl.run_dir import checkpoint_name, default_run_name, list_checkpoints, make_run_dir, remove_made_dirs, save_config, start_over, truncate_metrics
+from fiberlab.rl.run_dir import (
+    checkpoint_name,
+    default_run_name,
+    list_checkpoints,
+    make_run_dir,
+    remove_made_dirs,
+    save_config,
+    start_over,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -210,6 +221,10 @@ class Trainer:
         else:
             pcfg = self.cfg.policy.model_copy(update={"obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions, "obs_scale": list(spec.obs_scale)})
             policy = build_policy(pcfg)
+        # before any state is made: with traces, the RTUs' states carry their eligibility traces
+        rtus = set_eligibility_traces(policy, self.cfg.trainer.axon_traces)
+        if self.cfg.trainer.axon_traces and rtus == 0 and self.dist.is_main:
+            print("note: trainer.axon_traces=true has no effect: the policy has no Axon units (pattern with A or ^)")
         return policy.to(self.device)
 
     def _resume(self) -> StartPoint:

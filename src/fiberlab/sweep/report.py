@@ -41,11 +41,11 @@ from fiberlab.errors import BadInput
 from fiberlab.sweep.index import read_index
 from fiberlab.sweep.report_data import (
     CONFIDENCE,
-    TASK_AXIS,
     aggregates,
     caret_pairs,
     cell_counts,
     find_caret_groups,
+    is_task_axis,
     load_cells,
     mark_best,
     variant_rows,
@@ -121,7 +121,7 @@ def write_report(
         have = ", ".join(sorted(logged)[:15]) or "none (no metrics.jsonl with rows)"
         raise BadInput(f"metric {metric!r} has no values in any done cell of {sweep_dir}; metrics logged: {have}")
     axes = list(index.get("axes") or dict.fromkeys(k for c in cells for k in c.axes))
-    task_axes = [TASK_AXIS] if TASK_AXIS in axes else []
+    task_axes = [k for k in axes if is_task_axis(k)]
     rows = variant_rows(cells, task_axes)
     if task_axes:  # rows of one env together, the envs in index order
         envs = list(dict.fromkeys(r["group"] for r in rows))

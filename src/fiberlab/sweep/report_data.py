@@ -23,6 +23,21 @@ from fiberlab.sweep import stats
 
 CONFIDENCE = 0.95
 TASK_AXIS = "env.name"
+TASK_PREFIX = "env."  # every env.* axis says which task a cell ran (env.name, a curriculum, a level)
+
+
+def is_task_axis(key: str) -> bool:
+    return key.startswith(TASK_PREFIX)
+
+
+def task_of(axes: Mapping[str, Any]) -> str:
+    """The task a cell ran, from its env.* axis values: the env name alone when that is the only
+    one (``popgym.RepeatPreviousEasy``), else the name then ``knob=value`` for the others
+    (``mettagrid.assembly_lines curriculum=level_0``)."""
+    keys = [k for k in axes if is_task_axis(k)]
+    parts = [str(axes[TASK_AXIS])] if TASK_AXIS in keys else []
+    parts += [f"{k.split('.')[-1]}={axes[k]}" for k in keys if k != TASK_AXIS]
+    return " ".join(parts)
 PATTERN_AXIS = "policy.pattern"
 SCALING_AXES = ("policy.d_hidden", "policy.num_layers")
 
@@ -42,6 +57,7 @@ class Cell:
     final: float | None = None
     auc: float | None = None
     convergence: float | None = None
+    convergence_wall: float | None = None  # seconds of the run's wall clock at the convergence step
     wall_time: float | None = None
     sps: float | None = None
     params: int | None = None
@@ -114,6 +130,7 @@ def load_cells(sweep_dir: Path, index: dict[str, Any], metric: str) -> tuple[lis
         cell.final = stats.final_value(cell.steps, cell.values)
         cell.auc = stats.area_under_curve(cell.steps, cell.values)
         cell.convergence = stats.steps_to_convergence(cell.steps, cell.values)
+        cell.convergence_wall = _wall_at(rows, cell.convergence)
         if cell.wall_time is None:
             walls = [num(r.get("wall_time")) for r in rows]
             walls = [w for w in walls if w is not None]
@@ -123,6 +140,17 @@ def load_cells(sweep_dir: Path, index: dict[str, Any], metric: str) -> tuple[lis
             rates = [x for x in rates if x is not None]
             cell.sps = float(np.mean(rates)) if rates else None
     return cells, logged
+
+
+def _wall_at(rows: list[dict[str, Any]], step: float | None) -> float | None:
+    """The run's wall time (its own clock, ``wall_time`` of metrics.jsonl) at agent step ``step``,
+    interpolated linearly between the logged rows; None without a step or without wall times."""
+    if step is None:
+        return None
+    pts = sorted((s, w) for r in rows if (s := num(r.get("agent_step"))) is not None and (w := num(r.get("wall_time"))) is not None)
+    if not pts:
+        return None
+    return float(np.interp(step, [s for s, _ in pts], [w for _, w in pts]))
 
 
 # ---------------------------------------------------------------- per-variant table
@@ -143,6 +171,7 @@ def variant_rows(cells: list[Cell], task_axes: list[str]) -> list[dict[str, Any]
         axes = dict(group[0].axes)
         params = sorted({c.params for c in group if c.params is not None})
         conv = [c.convergence for c in data if c.convergence is not None]
+        conv_wall = [c.convergence_wall for c in data if c.convergence_wall is not None]
         walls = [c.wall_time for c in data if c.wall_time is not None]
         rates = [c.sps for c in data if c.sps is not None]
         status = [c.status for c in group]
@@ -163,6 +192,7 @@ def variant_rows(cells: list[Cell], task_axes: list[str]) -> list[dict[str, Any]
             "final": _ci([c.final for c in data]),
             "auc": _ci([c.auc for c in data]),
             "convergence": {**_ci(conv), "converged": len(conv), "of": len(data)},
+            "convergence_wall": _ci(conv_wall),  # over the converged seeds, as "convergence"
             "wall_time": float(np.mean(walls)) if walls else None,
             "sps": float(np.mean(rates)) if rates else None,
             "params": params[0] if len(params) == 1 else (params or None),
@@ -212,10 +242,10 @@ def aggregates(
     cells: list[Cell], rows: list[dict[str, Any]], ranges: Mapping[str, tuple[float, float]] | None, reps: int
 ) -> dict[str, Any]:
     done = [c for c in cells if c.has_data]
-    envs = list(dict.fromkeys(str(c.axes.get(TASK_AXIS)) for c in cells))
+    envs = list(dict.fromkeys(task_of(c.axes) for c in cells))
     finals_env: dict[str, list[float]] = {e: [] for e in envs}
     for c in done:
-        finals_env[str(c.axes.get(TASK_AXIS))].append(c.final)
+        finals_env[task_of(c.axes)].append(c.final)
     norm: dict[str, dict[str, Any]] = {}
     for e in envs:
         if ranges and e in ranges:
@@ -228,8 +258,8 @@ def aggregates(
     for r in rows:
         archs.setdefault(r["architecture"], {})
     for c in done:
-        arch = ".".join(f"{k}={v}" for k, v in c.axes.items() if k != TASK_AXIS) or "(all)"
-        archs.setdefault(arch, {}).setdefault(str(c.axes.get(TASK_AXIS)), []).append(c)
+        arch = ".".join(f"{k}={v}" for k, v in c.axes.items() if not is_task_axis(k)) or "(all)"
+        archs.setdefault(arch, {}).setdefault(task_of(c.axes), []).append(c)
     out_archs, skipped = [], []
     for arch, per_env in archs.items():
         missing = [e for e in envs if not per_env.get(e)]

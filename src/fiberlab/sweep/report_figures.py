@@ -18,9 +18,11 @@ from fiberlab.sweep.report_data import (
     CONFIDENCE,
     PATTERN_AXIS,
     SCALING_AXES,
-    TASK_AXIS,
+    TASK_PREFIX,
     Cell,
+    is_task_axis,
     num,
+    task_of,
 )
 
 
@@ -159,7 +161,7 @@ def _fig_env_difficulty(plt, rows, envs, out):
     labelled: set[str] = set()
     for j, (arch, col) in enumerate(zip(archs, _colors(len(archs)), strict=True)):
         for i, env in enumerate(envs):
-            r = next((r for r in rows if r["architecture"] == arch and str(r["axes"].get(TASK_AXIS)) == env), None)
+            r = next((r for r in rows if r["architecture"] == arch and task_of(r["axes"]) == env), None)
             if r is None or not r["done"]:
                 continue
             c = r["convergence"]
@@ -218,7 +220,7 @@ def draw_figures(rows, cells, index, metric, agg, caret_groups, out) -> tuple[di
     params = {r["params"] for r in data_rows if isinstance(r["params"], int)}
     if len(params) >= 2:
         def by_params(r):
-            label = " ".join(f"{r['axes'][k]}" for k in axes if k == TASK_AXIS and k in r["axes"])
+            label = task_of(r["axes"])
             return (r["params"] if isinstance(r["params"], int) else None), label
         written["scaling_params"] = _fig_scaling(plt, rows, metric, out, "scaling_params", by_params, "policy parameters", connect=False)
     elif not params:
@@ -244,9 +246,9 @@ def draw_figures(rows, cells, index, metric, agg, caret_groups, out) -> tuple[di
         skipped["caret_comparison"] = "no two variants with data differ only by ^ in policy.pattern"
     else:
         written["caret_comparison"] = _fig_caret(plt, caret_groups, metric, out)
-    if TASK_AXIS not in axes:
-        skipped["env_difficulty"] = f"{TASK_AXIS} is not an axis of the sweep"
-        skipped["aggregates"] = f"{TASK_AXIS} is not an axis of the sweep"
+    if not any(is_task_axis(k) for k in axes):
+        skipped["env_difficulty"] = f"no {TASK_PREFIX}* axis in the sweep"
+        skipped["aggregates"] = f"no {TASK_PREFIX}* axis in the sweep"
     else:
         if not any(r["convergence"]["converged"] for r in data_rows):
             skipped["env_difficulty"] = "no seed converged in any env"

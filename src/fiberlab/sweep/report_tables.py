@@ -76,6 +76,8 @@ def markdown(index: dict[str, Any], metric: str, rows, best, cells, agg, caret, 
         )
     lines += ["", "Pending counts running cells too. n/a (n=1): one seed, no interval can be estimated.", ""]
     lines += [f"- {e['note']}" for e in best]
+    if any(r["group"] for r in rows):
+        lines += _difficulty_lines(rows, metric)
     if agg is not None:
         lines += ["", "## Aggregates over envs", "",
                   "| architecture | runs per env | dropped runs | IQM normalised final (95 % CI) | mean normalised final (95 % CI) |",
@@ -115,11 +117,27 @@ def markdown(index: dict[str, Any], metric: str, rows, best, cells, agg, caret, 
     return "\n".join(lines) + "\n"
 
 
+def _difficulty_lines(rows, metric: str) -> list[str]:
+    """How hard each task is for each architecture: agent steps and the run's own wall-clock seconds
+    until the curve converged (the convergence rule of docs/sweeps.md), over the seeds that did."""
+    lines = ["", "## Difficulty: steps and wall time to convergence", "",
+             f"| task | architecture | converged | steps to convergence (95 % CI) | wall time to convergence, s (95 % CI) | final {metric} (95 % CI) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        conv = r["convergence"]
+        wall = _ci_text(r["convergence_wall"]) if conv["converged"] else "—"
+        lines.append(f"| {_md(r['group'])} | {_md(r['architecture'])} | {conv['converged']}/{conv['of']} | {_conv_text(conv)} | {wall} | {_ci_text(r['final'])} |")
+    lines += ["", "A task none of whose seeds converged within the budget is harder than the budget can say: "
+              "read its row as \"more than the budget\", not as a number.", ""]
+    return lines
+
+
 def csv_text(rows, axes: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["variant", *axes, "done", "no_data", "failed", "pending", "running", "final_mean", "final_ci95",
-                "auc_mean", "auc_ci95", "convergence_mean", "convergence_ci95", "converged", "wall_time_mean",
+                "auc_mean", "auc_ci95", "convergence_mean", "convergence_ci95", "converged", "convergence_wall_mean",
+                "convergence_wall_ci95", "wall_time_mean",
                 "sps_mean", "params", "best"])
 
     def num(x: Any) -> str:
@@ -133,10 +151,12 @@ def csv_text(rows, axes: list[str]) -> str:
         fin, auc, conv = r["final"], r["auc"], r["convergence"]
         cm = conv["mean"] if conv["converged"] else None
         ch = conv["half"] if conv["converged"] else None
+        cw = r["convergence_wall"]
+        cwm, cwh = (cw["mean"], cw["half"]) if conv["converged"] and cw["n"] else (None, None)
         w.writerow([r["variant"], *(r["axes"].get(a, "") for a in axes), r["done"], r["no_data"], r["failed"],
                     r["pending"], r["running"], num(fin["mean"] if fin["n"] else None), num(fin["half"] if fin["n"] else None),
                     num(auc["mean"] if auc["n"] else None), num(auc["half"] if auc["n"] else None), num(cm), num(ch),
-                    conv["converged"], num(r["wall_time"]), num(r["sps"]), num(r["params"]), int(r["best"])])
+                    conv["converged"], num(cwm), num(cwh), num(r["wall_time"]), num(r["sps"]), num(r["params"]), int(r["best"])])
     return buf.getvalue()
 
 

@@ -24,9 +24,11 @@ All maps are built with the package's own builders (``mettagrid.builder.envs``):
   map: a square room of side ``max(10, ceil(5 sqrt(n)))`` with a wall border, ``max(1, n//2)``
   altars and one wall per 10 cells.
 - ``assembly_lines``: :func:`make_assembly_lines`, one agent per simulation (cortex.md section 6).
-  Every episode draws from the simulation's seeded RNG: the room's width and height (each uniform
-  in the ``room_size`` range: tiny 5-10, small 10-20, medium 20-30, large 30-40), ``chain_length``
-  distinct resources r1..rL out of 9, and which station type plays which role (out of 12 station
+  Every episode draws from the simulation's seeded RNG: with ``curriculum`` set, the chain length,
+  sinks, room size and terrain from that curriculum's lists and ``max_steps`` from Metta's formula
+  (:mod:`fiberlab.envs.mettagrid.curricula`); then the room's width and height (each uniform
+  in the ``room_size`` range: tiny 5-10, small 10-20, medium 20-30, large 30-40, xlarge 40-50),
+  ``chain_length`` distinct resources r1..rL out of 9, and which station type plays which role (out of 12 station
   types). The chain is "nothing" -> r1 -> ... -> rL -> heart; each link is a station on the room's
   perimeter that takes one unit of its input from the agent and gives one unit of its output, then
   cools down for ``floor((width + height / 2) * chain_length)`` steps (Metta's ``avg_hop * L``).
@@ -42,8 +44,9 @@ handler takes one away per step, and the use handler requires it to be zero. Age
 remaining cooldown as the ``inv:cooldown`` feature on the station's cell.
 
 All maps: vibe-change actions are disabled (5 actions: noop and four moves), ``max_steps`` is
-``cfg.mettagrid.max_steps``, the observation window is set to Metta's 11x11 with 200 tokens, and the
-unused protocol-detail features are switched off.
+``cfg.mettagrid.max_steps`` (assembly_lines under a curriculum: the task's own), the observation
+window is set to Metta's 11x11 with 200 tokens, and the unused protocol-detail features are
+switched off.
 """
 from __future__ import annotations
 
@@ -56,12 +59,11 @@ from typing import Any
 import numpy as np
 
 from fiberlab.config import MettagridEnvConfig
+from fiberlab.envs.mettagrid.curricula import TERRAINS, AssemblyTask, draw_task
 
 OBS_SIZE = 11  # Metta's Fast policy window
 OBS_TOKENS = 200
 
-ROOM_SIZES = {"tiny": (5, 10), "small": (10, 20), "medium": (20, 30), "large": (30, 40)}
-TERRAINS = {"none": "no-terrain", "sparse": "sparse", "balanced": "balanced", "dense": "dense"}
 # Station types and chain resources of Metta's assembly_lines recipe.
 STATION_TYPES = (
     "altar", "armory", "factory", "generator_blue", "generator_green", "generator_red",
@@ -175,11 +177,12 @@ def _cooldown_countdown(names: tuple[str, ...]) -> Any:
     return Handler(mutations=[queryDelta(query(typeTag(name)), {"cooldown": -1}) for name in names])
 
 
-def _common(cfg: Any, m: MettagridEnvConfig) -> Any:
-    """Settings shared by every map: no vibe actions, episode length, Metta's observation window."""
+def _common(cfg: Any, m: MettagridEnvConfig, max_steps: int | None = None) -> Any:
+    """Settings shared by every map: no vibe actions, episode length (``max_steps``, else
+    ``m.max_steps``), Metta's observation window."""
     game = cfg.game
     game.actions.change_vibe.enabled = False
-    game.max_steps = m.max_steps
+    game.max_steps = m.max_steps if max_steps is None else max_steps
     game.obs.width = OBS_SIZE
     game.obs.height = OBS_SIZE
     game.obs.num_tokens = OBS_TOKENS
@@ -242,32 +245,45 @@ def navigation_config(m: MettagridEnvConfig, rng: np.random.Generator | None = N
 
 
 def assembly_lines_config(m: MettagridEnvConfig, rng: np.random.Generator) -> Any:
-    """One episode's assembly line: room size, chain resources and station roles drawn from ``rng``."""
+    """One episode's assembly line: the task (:func:`~fiberlab.envs.mettagrid.curricula.draw_task`:
+    the fixed knobs or a curriculum's draw), chain resources and station roles, all from ``rng``."""
     from mettagrid.builder.envs import make_assembly_lines
 
-    lo, hi = ROOM_SIZES[m.room_size]
-    width, height = (int(x) for x in rng.integers(lo, hi + 1, size=2))
-    chain = [CHAIN_RESOURCES[i] for i in rng.permutation(len(CHAIN_RESOURCES))[: m.chain_length]]
-    roles = [STATION_TYPES[i] for i in rng.permutation(len(STATION_TYPES))[: m.chain_length + 1 + m.num_sinks]]
-    cooldown = int((width + height / 2) * m.chain_length)
+    task = draw_task(m, rng)
+    chain_length, width, height = task.chain_length, task.width, task.height
+    chain = [CHAIN_RESOURCES[i] for i in rng.permutation(len(CHAIN_RESOURCES))[:chain_length]]
+    roles = [STATION_TYPES[i] for i in rng.permutation(len(STATION_TYPES))[: chain_length + 1 + task.num_sinks]]
+    cooldown = int(task.avg_hop * chain_length)  # Metta: floor((width + height / 2) * L)
     links = [None, *chain, "heart"]
     stations: dict[str, Any] = {}
-    for k, name in enumerate(roles[: m.chain_length + 1]):
+    for k, name in enumerate(roles[: chain_length + 1]):
         inputs = {} if links[k] is None else {links[k]: 1}
         stations[name] = station(name, inputs, {links[k + 1]: 1}, cooldown)
-    for name in roles[m.chain_length + 1:]:
+    for name in roles[chain_length + 1:]:
         stations[name] = sink(name, chain, SINK_COOLDOWN)
     # Every station type is registered in every episode (unplaced ones do nothing), so the tag ids
     # the agent observes are the same from one episode to the next.
     for name in STATION_TYPES:
         stations.setdefault(name, station(name, {}, {}, 0))
     cfg = make_assembly_lines(
-        num_agents=1, max_steps=m.max_steps, game_objects={}, map_builder_objects={name: 1 for name in roles},
-        width=width, height=height, terrain=TERRAINS[m.terrain], chain_length=m.chain_length, num_sinks=m.num_sinks,
+        num_agents=1, max_steps=task.max_steps, game_objects={}, map_builder_objects={name: 1 for name in roles},
+        width=width, height=height, terrain=TERRAINS[task.terrain], chain_length=chain_length,
+        num_sinks=task.num_sinks,
     )
-    cfg.label = f"assembly_lines.{m.room_size}_{m.chain_length}chain_{m.num_sinks}sinks_{m.terrain}"
+    prefix = "assembly_lines." if m.curriculum is None else f"assembly_lines.{m.curriculum}:"
+    cfg.label = f"{prefix}{task.room_size}_{chain_length}chain_{task.num_sinks}sinks_{task.terrain}"
     add_stations(cfg.game, stations)
-    return _common(cfg, m)
+    return _common(cfg, m, max_steps=task.max_steps)
+
+
+def assembly_task(cfg: Any) -> AssemblyTask:
+    """The task an assembly_lines episode config was built from, read back from it (its label
+    ``assembly_lines[.<curriculum>:]<room_size>_<L>chain_<S>sinks_<terrain>``, its room and
+    ``max_steps``): what tests and reports use to see which task an episode drew."""
+    room = cfg.game.map_builder.instance
+    size, _, _, terrain = cfg.label.rsplit(":", 1)[-1].removeprefix("assembly_lines.").split("_")
+    return AssemblyTask(int(room.chain_length), int(room.num_sinks), size, terrain, int(room.width), int(room.height),
+                        int(cfg.game.max_steps))
 
 
 MAPS: dict[str, MettagridMap] = {
