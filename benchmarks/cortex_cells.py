@@ -20,9 +20,20 @@ repeat, with its range in the JSON), ``seq vs nn.LSTM`` and ``step vs nn.LSTM`` 
 tokens/s over ``nn.LSTM(H, H)``'s in the same mode: one ``nn.LSTM`` call on the sequence, and
 length-1 calls carrying ``(h, c)`` in step mode).
 
+A second table, **acting step**, times what a rollout does: one ``forward`` on ``[B, H]`` under
+``torch.inference_mode()``, carrying the state from the previous step and passing a ``resets``
+mask (about one episode start per row every 128 steps), at the acting batch ``--step-batch``
+(default 64). Its reference is ``torch.nn.LSTMCell(H, H)`` stepping the same inputs in the same
+run: each repeat times ``--step-iters`` steps of the reference, then of the cell, and the column
+``vs nn.LSTMCell`` is the median over repeats of (LSTMCell time / cell time) of one pair (1.0 =
+as fast as an LSTM step; the issue's target is at least 0.3). Before timing, every module steps
+``--step-iters`` times untimed, so memories are full (X's window, AGaLiTe's traces) and buffers
+are allocated.
+
 Usage::
 
     .venv/bin/python benchmarks/cortex_cells.py                      # B=32, T=256, H=128, CPU (+ CUDA if present)
+    .venv/bin/python benchmarks/cortex_cells.py --only X --steps 0   # the acting-step table only (--steps 0 skips fwd+bwd)
     .venv/bin/python benchmarks/cortex_cells.py --quick --only L,C,AgSA  # smoke test
     .venv/bin/python benchmarks/cortex_cells.py --batch 8 --steps 64 --hidden 64 --json cells.json
 """
@@ -80,6 +91,18 @@ class LSTMReference(nn.Module):
         return (y.squeeze(1) if step else y), state
 
 
+class LSTMCellReference(nn.Module):
+    """``torch.nn.LSTMCell(H, H)`` carrying ``(h, c)``: the acting-step reference (no resets)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, *, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+        h, c = self.cell(x, state)
+        return h, (h, c)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -127,33 +150,77 @@ def bench(name: str, m: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, A
             "seq_over_step_range": [min(st / sq for sq, st in pairs), max(st / sq for sq, st in pairs)]}
 
 
+def run_acting(m: nn.Module, xs: torch.Tensor, resets: torch.Tensor, state: Any) -> tuple[float, Any]:
+    """Step ``m`` over ``xs`` ``[N, B, H]`` as a rollout does (inference mode, state carried, resets
+    passed); return the seconds and the last state (the next run continues from it)."""
+    _sync(xs.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for t in range(xs.shape[0]):
+            _, state = m(xs[t], state, resets=resets[t])
+    _sync(xs.device)
+    return time.perf_counter() - t0, state
+
+
+def bench_acting(name: str, m: nn.Module, ref: nn.Module, xs: torch.Tensor, resets: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """Acting step of ``m`` against ``ref`` (nn.LSTMCell), timed in pairs, reference first.
+
+    Why pairs: as in :func:`bench`, the machine's speed drifts, so the ratio is taken per pair and
+    the median of the ratios reported. The first untimed run fills memories and buffers.
+    """
+    steps, batch = xs.shape[0], xs.shape[1]
+    _, state = run_acting(m, xs, resets, None)
+    _, ref_state = run_acting(ref, xs, resets, None)
+    pairs = []
+    for _ in range(repeats):
+        t_ref, ref_state = run_acting(ref, xs, resets, ref_state)
+        t_cell, state = run_acting(m, xs, resets, state)
+        pairs.append((t_ref / steps, t_cell / steps))
+    ratios = [r / c for r, c in pairs]
+    return {"name": name, "device": str(xs.device), "batch": batch, "step_us": 1e6 * statistics.median(c for _, c in pairs),
+            "lstmcell_step_us": 1e6 * statistics.median(r for r, _ in pairs), "vs_lstmcell": statistics.median(ratios),
+            "vs_lstmcell_range": [min(ratios), max(ratios)]}
+
+
+ACTING_TARGET = 0.3  # the issue's target: every cell's acting step at least 0.3x an nn.LSTMCell step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=256, help="sequence length T")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--step-batch", type=int, default=64, help="acting-step table: batch (rows stepping together); 0 skips the table")
+    ap.add_argument("--step-iters", type=int, default=256, help="acting-step table: steps per timed run")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated rows among {','.join(ALL)}")
     ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, and cuda when present)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="B=4, T=16, H=32, 1 repeat: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="B=4, T=16, H=32, 1 repeat; acting B=4, 8 steps: a smoke test")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.steps, args.hidden, args.repeats = 4, 16, 32, 1
+        args.batch, args.steps, args.hidden, args.repeats = 4, min(args.steps, 16), 32, 1  # --steps 0 still skips
+        args.step_batch, args.step_iters = min(args.step_batch, 4), 8
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     bad = [n for n in names if n not in ALL]
-    if bad or min(args.batch, args.steps, args.hidden, args.repeats) < 1 or args.device not in ("cpu", "cuda", "auto"):
+    if (bad or min(args.batch, args.hidden, args.repeats, args.step_iters) < 1 or min(args.steps, args.step_batch) < 0
+            or args.device not in ("cpu", "cuda", "auto")):
         print(f"cortex_cells: error: bad rows {bad} or sizes or device {args.device!r}: rows among {','.join(ALL)}, "
-              "positive sizes, device cpu|cuda|auto are allowed", file=sys.stderr)
+              "positive sizes (--steps and --step-batch may be 0: skip that table), device cpu|cuda|auto are allowed", file=sys.stderr)
         return 2
     devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device if args.device != "auto" else "cpu"]
     torch.set_num_threads(args.threads)
-    print(f"cortex cells: forward+backward, B={args.batch} T={args.steps} H={args.hidden}, median of {args.repeats}")
+    if args.steps:
+        print(f"cortex cells: forward+backward, B={args.batch} T={args.steps} H={args.hidden}, median of {args.repeats}")
     print(bench_common.machine_line())
-    rows, missing = [], []
+    rows, missing, acting = [], [], []
     for dev in devices:
         device = torch.device(dev)
+        if args.step_batch:
+            acting.extend(acting_table(names, args, device, missing))
+        if not args.steps:
+            continue
         torch.manual_seed(0)
         x = torch.randn(args.batch, args.steps, args.hidden, device=device)
         ref = bench("nn.LSTM", LSTMReference(args.hidden).to(device), x, args.repeats)
@@ -164,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 m = build(name, args.hidden).to(device)
             except (ImportError, AttributeError) as e:  # a cell not written yet: say so, keep going
-                missing.append(name)
+                if name not in missing:
+                    missing.append(name)
                 print(f"      {name:<8} not measured: {type(e).__name__}: {e}")
                 continue
             r = bench(name, m, x, args.repeats)
@@ -178,8 +246,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": bench_common.machine(), "torch": torch.__version__, "batch": args.batch,
                                          "steps": args.steps, "hidden": args.hidden, "repeats": args.repeats,
-                                         "threads": torch.get_num_threads(), "rows": rows, "not_measured": missing}, indent=2))
+                                         "threads": torch.get_num_threads(), "rows": rows, "not_measured": missing,
+                                         "step_batch": args.step_batch, "step_iters": args.step_iters, "acting_rows": acting,
+                                         "acting_target": ACTING_TARGET}, indent=2))
     return 0
+
+
+def acting_table(names: list[str], args: argparse.Namespace, device: torch.device, missing: list[str]) -> list[dict[str, Any]]:
+    """The acting-step table on ``device``: one row per module, each against nn.LSTMCell."""
+    torch.manual_seed(0)
+    B, H, N = args.step_batch, args.hidden, args.step_iters
+    xs = torch.randn(N, B, H, device=device)
+    g = torch.Generator().manual_seed(1)
+    resets = (torch.rand(N, B, generator=g) < 1 / 128).to(device)  # ~one episode start per row every 128 steps
+    ref = LSTMCellReference(H).to(device)
+    print(f"\n[{device.type}] acting step: B={B} H={H}, {N} steps per run, inference mode, median of {args.repeats} "
+          f"(ref, cell) pairs; vs nn.LSTMCell = LSTMCell time / cell time, target >= {ACTING_TARGET}")
+    print(f"      {'row':<8} {'us/step':>9} {'LSTMCell us':>12} {'vs nn.LSTMCell':>15} {'range':>13}  target")
+    out = []
+    for name in names:
+        try:
+            m = build(name, H).to(device)
+        except (ImportError, AttributeError) as e:
+            if name not in missing:
+                missing.append(name)
+            print(f"      {name:<8} not measured: {type(e).__name__}: {e}")
+            continue
+        r = bench_acting(name, m, ref, xs, resets, args.repeats)
+        lo, hi = r["vs_lstmcell_range"]
+        print(f"      {name:<8} {r['step_us']:>9,.0f} {r['lstmcell_step_us']:>12,.0f} {r['vs_lstmcell']:>14.2f}x "
+              f"{f'[{lo:.2f}-{hi:.2f}]':>13}  {'met' if r['vs_lstmcell'] >= ACTING_TARGET else 'NOT met'}")
+        out.append(r)
+    return out
 
 
 if __name__ == "__main__":

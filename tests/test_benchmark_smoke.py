@@ -74,3 +74,20 @@ def test_darkroom_env_prints_ratios_against_the_reference_and_the_limit(tmp_path
 def test_ad_training_step_quick_prints_the_ratio_and_the_limit(tmp_path: Path) -> None:
     out = _run_bench("ad.py", "--quick", cwd=tmp_path)
     assert re.search(r"ours / reference speed-up: \d+\.\dx", out) and "machine limit:" in out, out
+
+
+def test_cortex_cells_quick_prints_the_acting_step_table(tmp_path: Path) -> None:
+    """benchmarks/cortex_cells.py: the acting-step rows (one step, inference mode) against nn.LSTMCell."""
+    out_json = tmp_path / "cells.json"
+    out = _run_bench("cortex_cells.py", "--quick", "--only", "X,Ag,C", "--steps", "0", "--json", str(out_json), cwd=tmp_path)
+    assert re.search(r"acting step: B=\d+ H=\d+", out) and "vs nn.LSTMCell" in out, out
+    for name in ("X", "Ag", "C"):
+        assert re.search(rf"^\s*{re.escape(name)}\s+[\d,]+\s+[\d,]+\s+\d+\.\d+x .*(met|NOT met)$", out, re.MULTILINE), out
+    data = json.loads(out_json.read_text())
+    assert data["rows"] == []  # --steps 0: no forward+backward table
+    assert [r["name"] for r in data["acting_rows"]] == ["X", "Ag", "C"] and data["acting_target"] == 0.3
+    for r in data["acting_rows"]:
+        assert r["step_us"] > 0 and r["lstmcell_step_us"] > 0 and r["vs_lstmcell"] > 0, r
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cortex_cells.py"), "--step-batch", "-1"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr

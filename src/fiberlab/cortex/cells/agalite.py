@@ -15,7 +15,8 @@ eta-sized factors on the fly and never writes them out. Elsewhere (GPUs) it runs
 three recurrences are diagonal and linear with per-step decays; V (small: d per head) is one
 ``kernels.scan.linear_scan``; K and s share their decay and are only ever read as
 ``K_j,t · phi_q,t``, so they use the chunkwise read-out ``kernels.decayed_readout`` (matmuls inside
-chunks, traces materialised only at chunk ends). One step runs the recurrence as written. Unlike the
+chunks, traces materialised only at chunk ends). One step runs the recurrence as written; acting on the
+CPU (no autograd) runs it as one compiled pass over the traces (``kernels.agalite_loop.agalite_step``). Unlike the
 reference, the returned state is not detached: the trainer decides where gradients stop. State: ``tilde_k`` ``[B, r, NH, F]``, ``tilde_v``
 ``[B, r, NH, d]``, ``s`` ``[B, NH, F]``, ``tick`` ``[B]`` (float; steps since the episode start).
 """
@@ -31,7 +32,7 @@ from torch.nn.functional import linear
 from fiberlab.cortex.base import MemoryModule, State
 from fiberlab.cortex.config import CellConfig
 from fiberlab.cortex.kernels.agalite_loop import AVAILABLE as loop_available
-from fiberlab.cortex.kernels.agalite_loop import agalite_loop
+from fiberlab.cortex.kernels.agalite_loop import agalite_loop, agalite_step
 from fiberlab.cortex.kernels.cpu_loops import runs_here
 from fiberlab.cortex.kernels.decayed_readout import decayed_readout
 from fiberlab.cortex.kernels.scan import linear_scan
@@ -92,6 +93,13 @@ class AGaLiTeCell(MemoryModule):
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
         check_state(state, {"tilde_k": (B, r, NH, F), "tilde_v": (B, r, NH, d), "s": (B, NH, F), "tick": (B,)}, "AGaLiTeCell")
+
+        if T == 1 and loop_available and runs_here(x) and not torch.is_grad_enabled():  # acting on the CPU: one compiled step
+            omega = torch.linspace(-math.pi, math.pi, r, dtype=x.dtype)
+            o, new_state = agalite_step(self.kqvbg(x[:, 0]).view(B, 5, NH, d), self.p123(x[:, 0]).view(B, 3, NH, eta), state,
+                                        None if resets is None else resets[:, 0], omega, self.cfg.eps)
+            y1 = self.out(o.view(B, NH * d))
+            return (y1 if single else y1.unsqueeze(1)), new_state
 
         # token-major [B, T, NH, ..] (the layout of y). A sequence takes one GEMM per block of rows of
         # the packed weights: each result is contiguous and the backward pass stacks no gradients

@@ -11,7 +11,8 @@ v = AxonLayer(x).
 
 Why q = k = x~ and no q/k/v projections: the PreUp block already projects up before the cell, so a
 second projection buys little at 3 H^2 parameters; this is what the reference does too.
-Sequences run chunkwise-parallel (``chunk_size`` steps at a time); one step runs the recurrence.
+Sequences run chunkwise-parallel (``chunk_size`` steps at a time); one step runs the recurrence
+(``kernels.mlstm_chunkwise.mlstm_step``, resets folded into its gates).
 State: c ``[B, NH, d, d]``, n ``[B, NH, d, 1]``, m ``[B, NH, 1, 1]``, conv ``[B, K-1, H]`` (the last
 K-1 inputs), plus the AxonLayer states ``gates_axon``, ``qk_axon``, ``v_axon`` when axonified.
 """
@@ -86,8 +87,6 @@ class MLSTMCell(MemoryModule):
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
         check_state(state, {"c": (B, NH, d, d), "n": (B, NH, d, 1), "m": (B, NH, 1, 1), "conv": (B, self.cfg.conv_kernel - 1, H)}, "MLSTMCell")
-        if single and resets is not None:  # one step: a reset is simply a fresh state
-            state, resets = self.reset_state(state, resets[:, 0]), None
 
         new_state: State = {}
         x_conv, new_state["conv"] = causal_depthwise_conv(x, state["conv"], self.conv_weight, self.conv_bias, resets)
@@ -107,8 +106,9 @@ class MLSTMCell(MemoryModule):
 
         heads = lambda t: t.reshape(B, T, NH, d).transpose(1, 2)  # noqa: E731  [B, T, H] -> [B, NH, T, d]
         q, k, v = heads(q), heads(k), heads(v)
-        if single:
-            h, (c, n, m) = mlstm_step(state["c"], state["n"], state["m"], q[:, :, 0], k[:, :, 0], v[:, :, 0], i_pre[..., 0], f_pre[..., 0])
+        if T == 1:  # one step (acting; a column passes [B, 1, H]): the recurrence itself
+            h, (c, n, m) = mlstm_step(state["c"], state["n"], state["m"], q[:, :, 0], k[:, :, 0], v[:, :, 0], i_pre[..., 0], f_pre[..., 0],
+                                      resets=None if resets is None else resets[:, 0])
             h = h.unsqueeze(2)
         else:
             h, (c, n, m) = mlstm_chunkwise(q, k, v, i_pre, f_pre, state["c"], state["n"], state["m"], resets, self.cfg.chunk_size)

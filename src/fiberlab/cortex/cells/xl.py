@@ -13,13 +13,36 @@ Why the window ``delta <= mem_len``: one step sees exactly the memory plus itsel
 call must not let later queries see further back than that, or step-by-step acting and sequence
 training would disagree (the reference lets them disagree; it tests to 5e-2).
 
-Memory: plain X stores inputs (``mem [B, mem_len, H]``) and re-projects them to keys and values.
-With ``axonify`` ("X^") the q/k/v projections are AxonLayers, which carry state: re-running one over
-stored inputs would depend on where the replay starts, so X^ stores each step's keys and values
-(``k_mem``, ``v_mem``) computed once, when the step arrived. ``mem_valid [B, mem_len]`` (1 = a real
-entry) is zero at init, so ``init_state`` is all zeros. Memory after a call = the last ``mem_len``
-entries of [memory; x], entries from before the last reset invalid and zeroed. It is not detached here
-(gradient flows through it within a call); the trainer detaches between segments.
+Memory: plain X stores inputs (``mem [B, mem_len, H]``) and ``mem_valid [B, mem_len]`` (1 = a real
+entry; zero at init, so ``init_state`` is all zeros). With ``axonify`` ("X^") the q/k/v projections are
+AxonLayers, which carry state: re-running one over stored inputs would depend on where the replay
+starts, so X^ stores each step's keys and values (``k_mem``, ``v_mem``) computed once, when the step
+arrived. Memory after a call = the last ``mem_len`` entries of [memory; x]; entries from before the
+last reset are marked invalid (``mem_valid`` 0) and masked out exactly (softmax weight 0), but keep
+their values: zeroing them would rewrite rows that earlier states share in step mode (below);
+``reset_state`` still zeroes everything. Memory is not detached here (gradient flows through it
+within a call); the trainer detaches between segments.
+
+Step mode (one step, ``x [B, H]`` or ``[B, 1, H]``; how a rollout acts): re-projecting the whole
+memory to keys and values at every step cost ``2 (M+1) H^2`` multiply-adds per row (0.02x an
+``nn.LSTMCell`` step at B=64, H=M=128). A step now projects only its own input, and touches the
+memory in two passes with the key and value weights moved to the query side (exact: the same sums,
+associated differently, since k_j = W_k m_j and v_j = W_v m_j)::
+
+    (q + u)_h . k_j,h = (W_k,h^T (q + u)_h) . m_j          sum_j a_hj v_j,h = W_v,h (sum_j a_hj m_j)
+
+So keys and values need no cache: the state stays ``mem`` + ``mem_valid`` (no bigger than before,
+the same keys), and every step uses the current weights, exactly as sequence mode (training) does.
+A cache of projected keys would instead hold keys made by the weights of the step that stored
+them: after an optimizer update, acting would score old entries with old keys while training
+re-projects them, so PPO's first-epoch ratio would no longer be 1 on those steps.
+Position terms: in step mode memory slot j is always ``M - j`` steps back, so ``R_{M-j}`` is one
+table for all rows and steps. It and ``W_k`` (with u, v and the 1/sqrt(d) folded in) depend only on
+weights, so they are kept on the module, not in the state, and rebuilt when a weight changes (see
+``_query_side``). The window itself is updated in place (``kernels/window.py``: the new input is
+written into a row no existing state covers, so a step writes one row instead of copying M), which
+is why invalid entries are not zeroed. X^ keeps the sequence path for one step (its stored keys are
+not linear in ``mem``).
 """
 from __future__ import annotations
 
@@ -34,6 +57,7 @@ from fiberlab.cortex.cells.axonify import project, projection, projection_states
 from fiberlab.cortex.config import CellConfig
 from fiberlab.cortex.kernels.segment_conv import segment_ids
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
+from fiberlab.cortex.kernels.window import append_row
 
 
 class XLConfig(CellConfig):
@@ -73,6 +97,8 @@ class XLCell(MemoryModule):
                 nn.init.xavier_uniform_(layer.weight)
         self.u_bias = nn.Parameter(torch.zeros(NH, d))  # content bias u
         self.v_bias = nn.Parameter(torch.zeros(NH, d))  # position bias v
+        # step mode's key-side tables and what they were made from (see _query_side; not state, not saved)
+        self._step_tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _stateful(self) -> dict[str, nn.Module]:
         return {"q_axon": self.q_proj, "k_axon": self.k_proj, "v_axon": self.v_proj}
@@ -93,6 +119,9 @@ class XLCell(MemoryModule):
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
         check_state(state, {key: (B, M, H) for key in self._memory_keys()} | {"mem_valid": (B, M)}, "XLCell")
+        if T == 1 and not self.cfg.axonify:
+            y1, new_state = self._step(x[:, 0], state, None if resets is None else resets[:, 0])
+            return (y1 if single else y1.unsqueeze(1)), new_state
 
         new_state: State = {}
         q = project(self.q_proj, x, state, "q_axon", resets, new_state)
@@ -127,8 +156,78 @@ class XLCell(MemoryModule):
 
         # rolling memory: the last M entries, valid iff valid and in the episode of the last step
         keep = (valid_k & (seg_k == seg_q[:, -1:]))[:, T:]
-        keep_f = keep.to(x.dtype)
         for key, full in entries.items():
-            new_state[key] = full[:, T:] * keep_f.unsqueeze(-1)
-        new_state["mem_valid"] = keep_f
+            new_state[key] = full[:, T:]  # invalid entries keep their values (masked; see the module docstring)
+        new_state["mem_valid"] = keep.to(x.dtype)
         return (y[:, 0] if single else y), new_state
+
+    def _step(self, x: torch.Tensor, state: State, resets: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One step of plain X, ``x [B, H]``: the sequence-mode math for T = 1, W_k moved to the query side.
+
+        Window w = [mem; x] (slots 0..M; slot j is ``M - j`` steps back, so all are within
+        ``mem_len``); visible = valid memory not cut off by a reset at this step, and the step itself.
+        Per head h, with s = 1/sqrt(d)::
+
+            logit_j = q_h . K_h[:, j] + b_h[j]                  K_h = s [W_k,h | R_{M-j},h]   ([d, H + M+1])
+                    = (s W_k,h^T (q+u)_h) . w_j + s (q+v)_h . R_{M-j},h     b_h = s [u_h W_k,h | v_h R_{M-j},h]
+            out_h   = W_v,h (sum_j softmax(logit)_j w_j)
+
+        A hidden slot gets ``finfo.min`` added to its logit instead of being set to -inf: its softmax
+        weight is still exactly 0 (exp underflows; the step's own slot is always visible, so the max
+        is a real logit), and the mask stays in float tensors, with ``out=`` and ``alpha=`` instead of
+        boolean temporaries (~20 us per operation on this CPU). Why this shape at all: the two products
+        with the window (``[NH, H] x [H, M+1]`` and back, per row) read the whole memory and take most
+        of the time (they run near the machine's memory bandwidth; a numba loop fusing them with the
+        softmax was slower); the rest works on ``[.., NH, d]``, ``[.., NH, H]`` or ``[.., NH, M+1]``.
+        """
+        B, H = x.shape
+        NH, d, M = self.n_heads, self.head_dim, self.mem_len
+        window, next_mem = append_row(state["mem"], x, slack=M)  # [B, M+1, H]; next_mem = window[:, 1:]
+        keys, bias = self._query_side(x)  # [NH, d, H + M+1], [NH, 1, H + M+1]
+        q = self.q_proj(x).view(B, NH, d).transpose(0, 1)  # [NH, B, d]
+        qk_pos = torch.baddbmm(bias, q, keys)  # [NH, B, H + M+1]: s W_k^T (q+u) | s (q+v) . R
+
+        hidden = torch.empty(B, M + 1, dtype=x.dtype, device=x.device)  # 1 = not visible; the last slot is the step
+        torch.le(state["mem_valid"].detach(), 0.5, out=hidden[:, :M])  # a mask: no gradient either way
+        hidden[:, M] = 0.0
+        if resets is not None:  # a reset at this step hides the whole memory
+            hidden[:, :M].masked_fill_(resets.unsqueeze(1), 1.0)
+        position = torch.add(qk_pos[..., H:], hidden, alpha=torch.finfo(x.dtype).min)  # + finfo.min where hidden
+        logits = torch.baddbmm(position.transpose(0, 1), qk_pos[..., :H].transpose(0, 1), window.transpose(1, 2))  # [B, NH, M+1]
+        mixed = torch.bmm(torch.softmax(logits, dim=-1), window)  # sum_j a_hj w_j, [B, NH, H]
+        heads = torch.bmm(mixed.transpose(0, 1), self.v_proj.weight.view(NH, d, H).transpose(1, 2))  # [NH, B, d]
+        y = self.o_proj(heads.transpose(0, 1).reshape(B, H))
+        new_valid = torch.eq(hidden[:, 1:], 0.0, out=torch.empty_like(state["mem_valid"]))
+        return y, {"mem": next_mem, "mem_valid": new_valid}
+
+    def _query_side(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's key-side tables ``K`` ``[NH, d, H + M+1]`` and ``b`` ``[NH, 1, H + M+1]`` (see ``_step``).
+
+        Why cached: they depend only on ``k_proj``, ``r_proj``, ``u`` and ``v``, and rebuilding them
+        (``R`` alone is an ``[M+1, H] x [H, H]`` product) cost about a third of an ``nn.LSTMCell``
+        step at B=64. Reused only while autograd records nothing and while each of those four
+        tensors is the same object, on the same storage, at the same version counter as when the
+        tables were made: optimizer steps, ``load_state_dict``, ``nn.init`` and any in-place write
+        under ``torch.no_grad()`` bump the counter. A write through ``.data`` does not (PyTorch
+        hides it from the counter), so after ``p.data.copy_(...)`` on one of these call
+        ``cell.clear_step_cache()``; nothing in fiberlab writes through ``.data``.
+        """
+        params = (self.k_proj.weight, self.r_proj.weight, self.u_bias, self.v_bias)
+        reuse = not torch.is_grad_enabled()
+        key = tuple((id(p), p.data_ptr(), p._version) for p in params) + (x.dtype, x.device)
+        if reuse and self._step_tables is not None and self._step_tables[0] == key:
+            return self._step_tables[1]
+        M, NH, d, H = self.mem_len, self.n_heads, self.head_dim, self.d_hidden
+        distances = torch.arange(M, -1, -1, device=x.device, dtype=x.dtype)  # slot j is M - j steps back
+        rel = self.r_proj(sinusoids(distances, H)).view(M + 1, NH, d).permute(1, 2, 0)  # R_{M-j}, [NH, d, M+1]
+        keys = torch.cat([self.k_proj.weight.view(NH, d, H), rel], dim=-1) / math.sqrt(d)
+        u_part = torch.bmm(self.u_bias.unsqueeze(1), keys[..., :H])  # s u_h W_k,h, [NH, 1, H]
+        v_part = torch.bmm(self.v_bias.unsqueeze(1), keys[..., H:])  # s v_h . R_{M-j},h, [NH, 1, M+1]
+        tables = (keys, torch.cat([u_part, v_part], dim=-1))
+        if reuse:
+            self._step_tables = (key, tables)
+        return tables
+
+    def clear_step_cache(self) -> None:
+        """Forget the cached step tables (needed only after writing weights through ``.data``)."""
+        self._step_tables = None

@@ -302,3 +302,86 @@ def agalite_loop(
     # contiguous inputs: numba vectorises only arrays it knows to be contiguous (a no-op for the cell's)
     args = (q, p2, kr, p1, gk, gp, v, beta, coef)
     return _AGaLiTeLoop.apply(*(x.contiguous() for x in args), resets, k0.contiguous(), v0.contiguous(), float(eps))
+
+
+@jit(fastmath=_FM)
+def _step(kqvbg, p123, gates, gate_p, tick, resets, omega, tk, ts, tv, eps, o, tk_out, ts_out, tv_out, tick_out):  # pragma: no cover - compiled
+    """One step in the state's own layout (f = i eta + e), relus inside.
+
+    kqvbg [B, 5, NH, d] raw (k, q, v, beta~, gamma~); p123 [B, 3, NH, eta] raw (p1, p2, p3~); gates
+    [B, 2, NH, d] = sigma(beta~, gamma~); gate_p [B, NH, eta] = sigma(p3~) (computed by torch,
+    vectorised: numba's exp is scalar here); tick [B]; resets bool [B]; omega [r];
+    tk [B, r, NH, F], ts [B, NH, F], tv [B, r, NH, d]. Out: o [B, NH, d], the new traces, tick_out [B]."""
+    B, NH, d = kqvbg.shape[0], kqvbg.shape[2], kqvbg.shape[3]
+    E, r, F = p123.shape[3], omega.shape[0], ts.shape[2]
+    dt = kqvbg.dtype
+    one = dt.type(1)
+    zero = dt.type(0)
+    coef = np.empty(r, dt)
+    A = np.empty(F, dt)
+    W = np.empty(F, dt)
+    Q = np.empty(F, dt)
+    kap = np.empty(r + 1, dt)
+    for b in range(B):
+        keep = zero if resets[b] else one
+        tau = zero if resets[b] else tick[b]  # steps since the episode start
+        tick_out[b] = tau + 1
+        for j in range(r):
+            coef[j] = np.cos(tau * omega[j])  # c_tj
+        for h in range(NH):
+            for i in range(d):  # features: phi_q = relu(q) x relu(p2), w = (relu(k) gk) x (relu(p1) gp), a = δ(1 - gk x gp)
+                gk = gates[b, 1, h, i]
+                qd = max(kqvbg[b, 1, h, i], zero)
+                wd = max(kqvbg[b, 0, h, i], zero) * gk
+                for e in range(E):
+                    f = i * E + e
+                    gp = gate_p[b, h, e]
+                    Q[f] = qd * max(p123[b, 1, h, e], zero)
+                    W[f] = wd * (max(p123[b, 0, h, e], zero) * gp)
+                    A[f] = keep * (one - gk * gp)
+            for j in range(r):  # K_j = δ(1-γ) K_j + c_j (phi_k ⊙ γ);  κ_j = K_j · phi_q
+                c = coef[j]
+                acc = zero
+                for f in range(F):
+                    x = A[f] * tk[b, j, h, f] + c * W[f]
+                    tk_out[b, j, h, f] = x
+                    acc += x * Q[f]
+                kap[j] = acc
+            acc = zero
+            for f in range(F):  # s = δ(1-γ) s + phi_k ⊙ γ;  κ_r = s · phi_q
+                x = A[f] * ts[b, h, f] + W[f]
+                ts_out[b, h, f] = x
+                acc += x * Q[f]
+            z = 2 * r * acc + eps
+            for i in range(d):  # V_j = δ(1-β) V_j + c_j (v ⊙ β);  o = sum_j V_j κ_j / (2r κ_r + eps)
+                beta = gates[b, 0, h, i]
+                dec = keep * (one - beta)
+                vb = kqvbg[b, 2, h, i] * beta
+                num = zero
+                for j in range(r):
+                    x = dec * tv[b, j, h, i] + coef[j] * vb
+                    tv_out[b, j, h, i] = x
+                    num += x * kap[j]
+                o[b, h, i] = num / z
+
+
+def agalite_step(kqvbg: torch.Tensor, p123: torch.Tensor, state: dict[str, torch.Tensor], resets: torch.Tensor | None,
+                 omega: torch.Tensor, eps: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One AGaLiTe step on the CPU, no autograd: ``(o [B, NH, d], new state)``.
+
+    kqvbg ``[B, 5, NH, d]`` and p123 ``[B, 3, NH, eta]`` are the raw projections (the kernel applies
+    the relus; the sigmoids run here, vectorised); ``state`` is the cell's (tilde_k, s, tilde_v,
+    tick). Why: one step in tensor ops is ~20 broadcasting operations over the ``[B, r+1, NH, F]``
+    traces (about ten passes over them, ~1.5 ms at B=64, H=128); here each trace is read and
+    written once.
+    """
+    B, _, NH, d = kqvbg.shape
+    resets = torch.zeros(B, dtype=torch.bool) if resets is None else resets.contiguous()
+    kqvbg, p123 = kqvbg.contiguous(), p123.contiguous()
+    gates, gate_p = torch.sigmoid(kqvbg[:, 3:]), torch.sigmoid(p123[:, 2])  # beta, gamma; gamma_p
+    tk, ts, tv, tick = (state[k].contiguous() for k in ("tilde_k", "s", "tilde_v", "tick"))
+    new = {"tilde_k": torch.empty_like(tk), "tilde_v": torch.empty_like(tv), "s": torch.empty_like(ts), "tick": torch.empty_like(tick)}
+    o = torch.empty(B, NH, d, dtype=kqvbg.dtype)
+    _step(*(as_numpy(x) for x in (kqvbg, p123, gates, gate_p, tick, resets, omega, tk, ts, tv)), float(eps),
+          as_numpy(o), *(as_numpy(new[k]) for k in ("tilde_k", "s", "tilde_v", "tick")))
+    return o, new

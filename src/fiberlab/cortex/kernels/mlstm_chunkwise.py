@@ -43,18 +43,33 @@ def _normaliser(qn: torch.Tensor, m: torch.Tensor, eps: float) -> torch.Tensor:
 def mlstm_step(
     c: torch.Tensor, n: torch.Tensor, m: torch.Tensor,
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    i_pre: torch.Tensor, f_pre: torch.Tensor, eps: float = 1e-6,
+    i_pre: torch.Tensor, f_pre: torch.Tensor, eps: float = 1e-6, resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One recurrent step. q, k, v ``[B, NH, d]``; i_pre, f_pre ``[B, NH]``;
-    c ``[B, NH, d, d]``, n ``[B, NH, d, 1]``, m ``[B, NH, 1, 1]``. Returns h ``[B, NH, d]`` and (c, n, m)."""
-    k = k / math.sqrt(k.shape[-1])
+    c ``[B, NH, d, d]``, n ``[B, NH, d, 1]``, m ``[B, NH, 1, 1]``; resets bool ``[B]`` or None (a
+    reset row starts from a zero state). Returns h ``[B, NH, d]`` and (c, n, m).
+
+    A reset is folded into the gates instead of zeroing c first: with keep = 0, m_{t-1} counts as
+    0 and f' as 0, so C_t = 0 C + i' k v^T, exactly what the zero state gives (for a finite C),
+    without an extra pass over the ``[B, NH, d, d]`` memory. The C update runs as one scaled copy
+    and one in-place batched outer product (two passes over C instead of four).
+    """
+    B, NH, d = k.shape
+    k = k / math.sqrt(d)
     log_f = F.logsigmoid(f_pre)[..., None, None]
     i_pre = i_pre[..., None, None]
+    keep = None if resets is None else (~resets).to(c.dtype).view(B, 1, 1, 1)
+    if keep is not None:
+        m = m * keep
     m_new = torch.maximum(log_f + m, i_pre)  # m_t = max(log sigma(f~) + m_{t-1}, i~)
     f_gate = torch.exp(log_f + m - m_new)  # f' = exp(log sigma(f~) + m_{t-1} - m_t)
+    if keep is not None:
+        f_gate = f_gate * keep
     i_gate = torch.exp(i_pre - m_new)  # i' = exp(i~ - m_t)
-    c_new = f_gate * c + i_gate * (k.unsqueeze(-1) * v.unsqueeze(-2))  # C_t = f'C + i' k v^T
-    n_new = f_gate * n + i_gate * k.unsqueeze(-1)  # n_t = f'n + i' k
+    ik = i_gate.view(B, NH, 1) * k  # i' k
+    c_new = (c * f_gate).view(B * NH, d, d)  # C_t = f'C + i' k v^T
+    c_new = c_new.baddbmm_(ik.reshape(B * NH, d, 1), v.reshape(B * NH, 1, d)).view(B, NH, d, d)
+    n_new = f_gate * n + ik.unsqueeze(-1)  # n_t = f'n + i' k
     q_row = q.unsqueeze(-2)  # [B, NH, 1, d]
     num = (q_row @ c_new).squeeze(-2)  # q^T C_t
     qn = (q_row @ n_new).squeeze(-1)  # q^T n_t: [B, NH, 1]
