@@ -55,3 +55,19 @@ def policy_and_adam(small: bool = False):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def flat_state(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A nested recurrent state as one flat dict with dotted keys (``"0.c1"``), for comparing states."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        out.update(flat_state(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def assert_states_close(a: dict, b: dict, **tol) -> None:
+    """Same keys, and every tensor close (``torch.testing.assert_close`` tolerances in ``tol``)."""
+    fa, fb = flat_state(a), flat_state(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], msg=lambda m, k=k: f"state[{k}]: {m}", **tol)

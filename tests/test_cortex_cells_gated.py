@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_states_close, flat_state
 
 from fiberlab.cortex.base import map_state
 from fiberlab.cortex.cells.mlstm import MLSTMCell, MLSTMConfig
@@ -42,20 +43,6 @@ def make_cell(name: str, seed: int = 0, perturb: float = 0.3):
     return cell
 
 
-def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def assert_states_close(a: dict, b: dict, **tol) -> None:
-    fa, fb = flat(a), flat(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        torch.testing.assert_close(fa[k], fb[k], msg=lambda m, k=k: f"state[{k}]: {m}", **tol)
-
-
 def step_loop(cell, x, state, resets):
     ys = []
     for t in range(x.shape[1]):
@@ -86,7 +73,7 @@ def test_step_loop_equals_sequence(name, case):
     state = None
     if case != "fresh":  # a non-zero carried state from an earlier call
         _, state = cell(inputs(seed=7, steps=9)[0])
-        assert any(t.abs().sum() > 0 for t in flat(state).values())
+        assert any(t.abs().sum() > 0 for t in flat_state(state).values())
     r = resets if case == "resets" else None
     y_seq, s_seq = cell(x, state, resets=r)
     y_step, s_step = step_loop(cell, x, state, r)
@@ -136,10 +123,10 @@ def test_reset_state_is_init_state(name):
     mask = torch.tensor([True, False, True])
     cleared = cell.reset_state(state, mask)
     fresh = cell.init_state(B, dtype=F64)
-    for k, v in flat(cleared).items():
-        assert torch.equal(v[mask], flat(fresh)[k][mask]), k
-        assert torch.equal(v[~mask], flat(state)[k][~mask]), k
-    assert all(torch.count_nonzero(v) == 0 for v in flat(fresh).values())  # init_state is all zeros
+    for k, v in flat_state(cleared).items():
+        assert torch.equal(v[mask], flat_state(fresh)[k][mask]), k
+        assert torch.equal(v[~mask], flat_state(state)[k][~mask]), k
+    assert all(torch.count_nonzero(v) == 0 for v in flat_state(fresh).values())  # init_state is all zeros
     y_cleared, _ = cell(x, cleared)
     y_fresh, _ = cell(x)
     torch.testing.assert_close(y_cleared[mask], y_fresh[mask], **TIGHT)
@@ -152,7 +139,7 @@ def test_gradients_reach_every_parameter(name):
     _, state = cell(inputs(seed=9, steps=4)[0])
     state = map_state(state, torch.Tensor.detach)
     y, new_state = cell(x, state, resets=resets)
-    loss = (y * torch.randn_like(y)).sum() + sum((t * torch.randn_like(t)).sum() for t in flat(new_state).values())
+    loss = (y * torch.randn_like(y)).sum() + sum((t * torch.randn_like(t)).sum() for t in flat_state(new_state).values())
     loss.backward()
     for pname, p in cell.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {pname}"

@@ -15,6 +15,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import assert_states_close as shared_assert_states_close
 
 from fiberlab.cortex.base import detach_state
 from fiberlab.cortex.cells.agalite import AGaLiTeCell, AGaLiTeConfig
@@ -66,18 +67,8 @@ def inputs(steps: int, seed: int = 1, p_reset: float = 0.15) -> tuple[torch.Tens
     return x, resets
 
 
-def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def assert_states_close(a: dict, b: dict, **tol) -> None:
-    fa, fb = flat(a), flat(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        torch.testing.assert_close(fa[k], fb[k], **(tol or TIGHT), msg=lambda m, k=k: f"state {k}: {m}")
+    shared_assert_states_close(a, b, **(tol or TIGHT))
 
 
 def step_loop(module, x, state, resets, as_column: bool = False):
