@@ -29,6 +29,7 @@ from fiberlab.cortex.cells.axonify import project, projection, projection_states
 from fiberlab.cortex.config import CellConfig
 from fiberlab.cortex.kernels.segment_conv import causal_depthwise_conv
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
+from fiberlab.cortex.kernels.step_tables import StepTables
 
 
 class SLSTMConfig(CellConfig):
@@ -67,7 +68,7 @@ class SLSTMCell(MemoryModule):
         bias[:, 1] = torch.linspace(3.0, 6.0, d)  # forget bias 3..6: long memory at init
         self.bias = nn.Parameter(bias)
         self.norm_weight = nn.Parameter(torch.ones(H))
-        self._step_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # see _step_weights (not saved)
+        self._step_cache = StepTables()  # see _step_weights (not state, not saved)
 
     def _stateful(self) -> dict[str, nn.Module]:
         return {} if self.if_proj is None else {"if_axon": self.if_proj, "zo_axon": self.zo_proj}
@@ -166,26 +167,18 @@ class SLSTMCell(MemoryModule):
         return F.layer_norm(y_new, (d,), eps=1e-5).reshape(B, H) * self.norm_weight, new_state
 
     def _step_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's block weight ``[NH, 3d, 4d]`` and bias ``[NH, 1, 4d]`` (see ``_step``).
+        """The step's block weight ``[NH, 3d, 4d]`` and bias ``[NH, 1, 4d]`` (see ``_step``), kept while
+        the parameters are unchanged (:class:`~fiberlab.cortex.kernels.step_tables.StepTables`)."""
+        return self._step_cache.get((self.if_weight, self.zo_weight, self.recurrent, self.bias), self._build_step_weights)
 
-        Cached while autograd records nothing and the three parameters are unchanged (same object,
-        storage and version counter; a write through ``.data`` is invisible to that check, call
-        ``clear_step_cache()`` after one); rebuilt, with autograd, otherwise.
-        """
-        params = (self.if_weight, self.zo_weight, self.recurrent, self.bias)
-        key = tuple((id(p), p.data_ptr(), p._version) for p in params)
-        if not torch.is_grad_enabled() and self._step_cache is not None and self._step_cache[0] == key:
-            return self._step_cache[1]
+    def _build_step_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         NH, d = self.num_heads, self.head_dim
         w_if = torch.cat([self.if_weight[0], self.if_weight[1]], dim=-1)  # x~ -> i, f   [NH, d, 2d]
         w_zo = torch.cat([self.zo_weight[0], self.zo_weight[1]], dim=-1)  # x -> z, o   [NH, d, 2d]
         zero = torch.zeros_like(w_if)
         weight = torch.cat([torch.cat([w_if, zero], dim=-1), torch.cat([zero, w_zo], dim=-1), self.recurrent.transpose(1, 2)], dim=1)
-        tables = (weight, self.bias.reshape(NH, 1, 4 * d))
-        if not torch.is_grad_enabled():
-            self._step_cache = (key, tables)
-        return tables
+        return weight, self.bias.reshape(NH, 1, 4 * d)
 
     def clear_step_cache(self) -> None:
-        """Forget the cached step weights (needed only after writing parameters through ``.data``)."""
-        self._step_cache = None
+        """Forget the step weights (only needed after writing a parameter through ``.data``)."""
+        self._step_cache.clear()

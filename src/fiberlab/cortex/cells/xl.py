@@ -57,6 +57,7 @@ from fiberlab.cortex.cells.axonify import project, projection, projection_states
 from fiberlab.cortex.config import CellConfig
 from fiberlab.cortex.kernels.segment_conv import segment_ids
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
+from fiberlab.cortex.kernels.step_tables import StepTables
 from fiberlab.cortex.kernels.window import append_row
 
 
@@ -97,8 +98,7 @@ class XLCell(MemoryModule):
                 nn.init.xavier_uniform_(layer.weight)
         self.u_bias = nn.Parameter(torch.zeros(NH, d))  # content bias u
         self.v_bias = nn.Parameter(torch.zeros(NH, d))  # position bias v
-        # step mode's key-side tables and what they were made from (see _query_side; not state, not saved)
-        self._step_tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._step_tables = StepTables()  # step mode's key-side tables (see _query_side; not state, not saved)
 
     def _stateful(self) -> dict[str, nn.Module]:
         return {"q_axon": self.q_proj, "k_axon": self.k_proj, "v_axon": self.v_proj}
@@ -203,31 +203,22 @@ class XLCell(MemoryModule):
     def _query_side(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's key-side tables ``K`` ``[NH, d, H + M+1]`` and ``b`` ``[NH, 1, H + M+1]`` (see ``_step``).
 
-        Why cached: they depend only on ``k_proj``, ``r_proj``, ``u`` and ``v``, and rebuilding them
-        (``R`` alone is an ``[M+1, H] x [H, H]`` product) cost about a third of an ``nn.LSTMCell``
-        step at B=64. Reused only while autograd records nothing and while each of those four
-        tensors is the same object, on the same storage, at the same version counter as when the
-        tables were made: optimizer steps, ``load_state_dict``, ``nn.init`` and any in-place write
-        under ``torch.no_grad()`` bump the counter. A write through ``.data`` does not (PyTorch
-        hides it from the counter), so after ``p.data.copy_(...)`` on one of these call
-        ``cell.clear_step_cache()``; nothing in fiberlab writes through ``.data``.
+        They depend only on ``k_proj``, ``r_proj``, ``u`` and ``v``, and rebuilding them (``R`` alone is
+        an ``[M+1, H] x [H, H]`` product) cost about a third of an ``nn.LSTMCell`` step at B=64, so they
+        are kept while those parameters are unchanged (:class:`~fiberlab.cortex.kernels.step_tables.StepTables`).
         """
         params = (self.k_proj.weight, self.r_proj.weight, self.u_bias, self.v_bias)
-        reuse = not torch.is_grad_enabled()
-        key = tuple((id(p), p.data_ptr(), p._version) for p in params) + (x.dtype, x.device)
-        if reuse and self._step_tables is not None and self._step_tables[0] == key:
-            return self._step_tables[1]
+        return self._step_tables.get(params, lambda: self._build_query_side(x.dtype, x.device), (x.dtype, x.device))
+
+    def _build_query_side(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         M, NH, d, H = self.mem_len, self.n_heads, self.head_dim, self.d_hidden
-        distances = torch.arange(M, -1, -1, device=x.device, dtype=x.dtype)  # slot j is M - j steps back
+        distances = torch.arange(M, -1, -1, device=device, dtype=dtype)  # slot j is M - j steps back
         rel = self.r_proj(sinusoids(distances, H)).view(M + 1, NH, d).permute(1, 2, 0)  # R_{M-j}, [NH, d, M+1]
         keys = torch.cat([self.k_proj.weight.view(NH, d, H), rel], dim=-1) / math.sqrt(d)
         u_part = torch.bmm(self.u_bias.unsqueeze(1), keys[..., :H])  # s u_h W_k,h, [NH, 1, H]
         v_part = torch.bmm(self.v_bias.unsqueeze(1), keys[..., H:])  # s v_h . R_{M-j},h, [NH, 1, M+1]
-        tables = (keys, torch.cat([u_part, v_part], dim=-1))
-        if reuse:
-            self._step_tables = (key, tables)
-        return tables
+        return keys, torch.cat([u_part, v_part], dim=-1)
 
     def clear_step_cache(self) -> None:
-        """Forget the cached step tables (needed only after writing weights through ``.data``)."""
-        self._step_tables = None
+        """Forget the step tables (only needed after writing a parameter through ``.data``)."""
+        self._step_tables.clear()
