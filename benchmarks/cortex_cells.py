@@ -64,11 +64,20 @@ CELLS = {
     "C": ("conv", "CausalConvConfig", "CausalConvCell"),
 }
 STACKS = {"AgSA": "AgSA"}  # row name -> pattern, one layer
-ALL = [*CELLS, *STACKS]
+# row name -> cell: the cell with Axon eligibility traces on (trainer.axon_traces; docs/training.md),
+# so their cost shows against the plain "A" row of the same run
+TRACED = {"A+traces": "A"}
+ALL = [*CELLS, *TRACED, *STACKS]
 
 
 def build(name: str, hidden: int) -> nn.Module:
     """A cell alone from its class, or a one-layer stack from the pattern language."""
+    if name in TRACED:
+        from fiberlab.cortex.cells.axon import set_eligibility_traces
+
+        cell = build(TRACED[name], hidden)
+        set_eligibility_traces(cell, True)
+        return cell
     if name in CELLS:
         module, cfg_name, cell_name = CELLS[name]
         mod = importlib.import_module(f"fiberlab.cortex.cells.{module}")
