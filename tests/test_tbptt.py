@@ -211,3 +211,47 @@ def test_trainer_switches_traces_on_in_the_policy(tmp_path, capsys):
     over_lstm = [o.replace("S^", "L") for o in over if not o.startswith("run=")] + ["run=l"]
     Trainer(apply_overrides(get_recipe("demo"), over_lstm)).train()
     assert "trainer.axon_traces=true has no effect" in capsys.readouterr().out
+
+
+class _Spy(torch.nn.Module):
+    """Records the state and resets each PPO minibatch hands the policy; fixed outputs otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.calls: list[tuple] = []
+
+    def forward(self, obs, state, resets):
+        self.calls.append((state, resets.clone()))
+        n, t = obs.shape[:2]
+        return torch.zeros(n, t, 2) + self.bias, torch.zeros(n, t) + self.bias, None
+
+
+@pytest.mark.parametrize("switch", ["defaults", "pass_state=false", "reset_in_training=false", "strict_tbptt=true"])
+def test_each_tbptt_switch_changes_what_it_says_and_nothing_else(switch):
+    """What the PPO update hands the policy per segment: the stored state or None, and the rollout's
+    resets or only their first column. Every other input is the same under every switch."""
+    from fiberlab.rl.ppo import ppo_update
+    from fiberlab.rl.rollout import Rollout
+
+    n, t = 4, 5
+    starts = torch.zeros(n, t, dtype=torch.bool)
+    starts[0, 0] = starts[1, 2] = starts[2, 0] = starts[2, 3] = True
+    stored = {"h": torch.arange(n, dtype=torch.float32).unsqueeze(1).expand(n, 3).clone()}
+    rollout = Rollout(obs=torch.zeros(n, t, 1), actions=torch.zeros(n, t, dtype=torch.int64), logprobs=torch.full((n, t), -0.6931),
+                      values=torch.zeros(n, t), rewards=torch.zeros(n, t), dones=torch.zeros(n, t, dtype=torch.bool),
+                      starts=starts, initial_state=stored)
+    fields = {} if switch == "defaults" else {switch.split("=")[0]: switch.endswith("true")}
+    tc = TrainerConfig(update_epochs=1, minibatch_size=n * t, **fields)
+    spy = _Spy()
+    ppo_update(spy, torch.optim.SGD(spy.parameters(), lr=0.0), rollout, torch.zeros(n, t), torch.zeros(n, t), tc, torch.Generator().manual_seed(0))
+    (state, resets), = spy.calls
+    order = torch.as_tensor([int(i) for i in torch.randperm(n, generator=torch.Generator().manual_seed(0))])
+    if switch == "pass_state=false":
+        assert state is None
+    else:
+        torch.testing.assert_close(state["h"], stored["h"][order])
+    want = starts[order].clone()
+    if switch == "reset_in_training=false":
+        want[:, 1:] = False  # only the segment's first-step resets, so a stored state is still cleared
+    assert torch.equal(resets, want)
