@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import flat_state
 
 from fiberlab.config import (
     ConfigError,
@@ -157,8 +158,8 @@ def test_rollout_stores_traces_and_training_uses_them():
     collector = RolloutCollector(env, policy, horizon=8, device=torch.device("cpu"), seed=0)
     collector.collect()
     rollout, _, _, _ = collector.collect()
-    stored = [s for s in _leaves(rollout.initial_state) if s[0] in TRACE_KEYS]
-    assert len(stored) == 4 and all(v.abs().sum() > 0 for _, v in stored)
+    stored = [v for k, v in flat_state(rollout.initial_state).items() if k.rsplit(".", 1)[-1] in TRACE_KEYS]
+    assert len(stored) == 4 and all(v.abs().sum() > 0 for v in stored)
 
     def loss_and_grads(traces: bool):
         set_eligibility_traces(policy, traces)
@@ -173,11 +174,6 @@ def test_rollout_stores_traces_and_training_uses_them():
     rtu = [n for n in on if n.rsplit(".", 2)[-2:][0] == "rtu"]
     assert rtu and all(not torch.allclose(on[n], off[n]) for n in rtu), rtu
     assert all(torch.equal(on[n], off[n]) for n in on if n not in rtu)
-
-
-def _leaves(state, prefix=""):
-    for k, v in state.items():
-        yield from (_leaves(v) if isinstance(v, dict) else [(k, v)])
 
 
 def test_strict_tbptt_is_the_documented_combination_and_refuses_contradictions():
