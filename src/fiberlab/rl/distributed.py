@@ -16,6 +16,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE): they share its cores
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +34,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:
@@ -54,7 +56,9 @@ def barrier(info: DistInfo) -> None:
 def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
     if not info.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    # NCCL reduces CUDA tensors only; gloo, CPU tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / info.world_size).tolist()
 
