@@ -1,9 +1,11 @@
 """Comparison plot of runs (seed groups, kinds, scratch placement, 90 % step) and fibers over time."""
 import csv
 import json
+import math
 
 import pytest
 from conftest import tiny
+from scipy import stats
 
 from fiberlab.errors import BadInput
 from fiberlab.experiments.compare import compare_runs, group_name
@@ -65,8 +67,8 @@ def test_group_name():
 
 
 def test_compare_groups_seeds_places_scratch_and_writes_files(tmp_path, runs):
-    png, csv_path, md_path = compare_runs([runs[k] for k in ("o1", "o2", "c1", "a1", "s1")], tmp_path / "out" / "cmp.png")
-    assert png.stat().st_size > 1000 and csv_path.name == "cmp.csv" and md_path.name == "cmp.md"
+    png, csv_path, md_path, summary_path = compare_runs([runs[k] for k in ("o1", "o2", "c1", "a1", "s1")], tmp_path / "out" / "cmp.png")
+    assert png.stat().st_size > 1000 and csv_path.name == "cmp.csv" and md_path.name == "cmp.md" and summary_path.name == "cmp_summary.csv"
     assert not list((tmp_path / "out").glob("*.tmp*"))
     rows = read_csv(csv_path)
     by = {}
@@ -76,18 +78,21 @@ def test_compare_groups_seeds_places_scratch_and_writes_files(tmp_path, runs):
     base = by["base"]
     assert base[0]["kind"] == "original" and base[0]["seeds"] == "2"
     assert [float(r["step"]) for r in base] == STEPS
-    assert float(base[0]["mean"]) == pytest.approx(11.0) and float(base[0]["std"]) == pytest.approx(1.0)
+    half = stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2)  # seeds 10 and 12: sd sqrt(2), n 2
+    assert float(base[0]["mean"]) == pytest.approx(11.0) and base[0]["n"] == "2"
+    assert float(base[0]["lo"]) == pytest.approx(11.0 - half, rel=1e-5) and float(base[0]["hi"]) == pytest.approx(11.0 + half, rel=1e-5)
     assert base[-1]["n"] == "1" and float(base[-1]["mean"]) == pytest.approx(10.0)  # seed 2 has no return at the last step
+    assert base[-1]["lo"] == base[-1]["hi"] == ""  # one seed: no interval
     scr = by["base_scr"]
     assert scr[0]["kind"] == "scratch" and float(scr[0]["step"]) == 2100 and float(scr[-1]["step"]) == 4000
     assert float(by["base_col"][0]["step"]) == 2100  # collapsed runs keep their own (continued) steps
 
     md = md_path.read_text()
     o = md_row(md, "base")
-    assert o[1:3] == ["original", "2"] and o[3].startswith("11 ± 1") and o[6:] == ["1.000", "1.000"]
+    assert o[1:3] == ["original", "2"] and o[3] == f"11 [{11 - half:.4g}, {11 + half:.4g}]" and o[6:] == ["1.000 [1.000, 1.000]"] * 2
     c = md_row(md, "base_col")
     # final: mean of the last 10 % (2 epochs: 19, 20); originals' final 11 -> target 9.9 -> first at 3000 = collapse + 1000
-    assert c[1:3] == ["collapsed", "1"] and c[3].startswith("19.5 ±") and c[4] == "2000" and c[5] == "1000"
+    assert c[1:3] == ["collapsed", "1"] and c[3] == "19.5" and c[4] == "2000" and c[5] == "1000"  # n = 1: the value alone
     assert c[6:] == ["0.400", "0.300"]
     a = md_row(md, "base_abl")
     assert a[5] == "not reached" and a[6:] == ["0.500", "0.450"]
@@ -99,21 +104,64 @@ def test_steps_to_90_on_known_curve(tmp_path):
     td = tmp_path / "td"
     make_run(td, "orig", STEPS, [10.0] * 20)
     make_run(td, "col", AFTER, [(s - 2000) / 100 for s in AFTER], report("collapsed", "orig"))
-    _, _, md = compare_runs([td / "orig", td / "col"], tmp_path / "c.png")
+    _, _, md, _ = compare_runs([td / "orig", td / "col"], tmp_path / "c.png")
     assert md_row(md.read_text(), "col")[5] == "900"  # 9.0 = 90 % of 10 at step 2900 = collapse + 900
     # the original is found next to the collapsed run even when it is not compared
-    _, _, md = compare_runs([td / "col"], tmp_path / "d.png")
+    _, _, md, _ = compare_runs([td / "col"], tmp_path / "d.png")
     assert md_row(md.read_text(), "col")[5] == "900"
 
 
 def test_identical_names_in_two_train_dirs_form_one_group(tmp_path):
     a = make_run(tmp_path / "td1", "exp", STEPS, [1.0] * 20)
     b = make_run(tmp_path / "td2", "exp", STEPS, [3.0] * 20)
-    _, csv_path, md = compare_runs([a, b], tmp_path / "e.png")
+    _, csv_path, md, _ = compare_runs([a, b], tmp_path / "e.png")
     rows = read_csv(csv_path)
     assert {r["group"] for r in rows} == {"exp"} and rows[0]["seeds"] == "2"
-    assert float(rows[0]["mean"]) == pytest.approx(2.0) and float(rows[0]["std"]) == pytest.approx(1.0)
-    assert md_row(md.read_text(), "exp")[3].startswith("2 ± 1")
+    half = stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2)
+    assert float(rows[0]["mean"]) == pytest.approx(2.0) and float(rows[0]["hi"]) == pytest.approx(2.0 + half, rel=1e-5)
+    assert md_row(md.read_text(), "exp")[2:4] == ["2", f"2 [{2 - half:.4g}, {2 + half:.4g}]"]
+
+
+def test_three_seeds_t_interval_n_and_zero_shot_table(tmp_path):
+    """3 synthetic seeds with known returns: the table's interval is the t-interval of the mean
+    (not a std, not a normal interval), n is 3, and the zero-shot table pairs each kind with its original."""
+    td = tmp_path / "td"
+    finals, zero, orig = [1.0, 2.0, 4.0], [0.1, 0.3, 0.8], [0.9, 0.95, 1.0]
+    for s, (f, z, o) in enumerate(zip(finals, zero, orig), start=1):
+        make_run(td, f"x_seed{s}", STEPS, [5.0] * 20, seed=s)
+        rep = report("collapsed", f"x_seed{s}", nf=0.2 + 0.1 * s) | {"return_collapsed": z, "return_original": o, "source_checkpoint": f"ck{s}"}
+        make_run(td, f"x_seed{s}_epoch_20_base_1_1_1_1", AFTER, [f] * 20, rep)
+        abl = report("ablation", f"x_seed{s}") | {"return_collapsed": -z, "return_original": None, "source_checkpoint": f"ck{s}"}
+        make_run(td, f"x_seed{s}_epoch_20_ablationsrandom1_1_1_1", AFTER, [f] * 20, abl)  # an old folder: no original's return
+    _, _, md_path, summary_path = compare_runs(sorted(td.iterdir()), tmp_path / "t.png")
+
+    def interval(x):
+        m, sd, n = sum(x) / len(x), stats.tstd(x), len(x)
+        h = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        return m, m - h, m + h
+
+    rows = {r["group"]: r for r in read_csv(summary_path)}
+    col = rows["x_epoch_20_base_1_1_1_1"]
+    assert col["kind"] == "collapsed" and col["n"] == col["final_n"] == col["zero_shot_n"] == col["original_zero_shot_n"] == "3"
+    for name, x in (("final", finals), ("zero_shot", zero), ("original_zero_shot", orig), ("node_fraction", [0.3, 0.4, 0.5])):
+        m, lo, hi = interval(x)
+        assert [float(col[f"{name}_{k}"]) for k in ("mean", "lo", "hi")] == pytest.approx([m, lo, hi], rel=1e-5), name
+    m, lo, hi = interval(finals)
+    sd = stats.tstd(finals)
+    assert not math.isclose(hi - m, sd) and not math.isclose(hi - m, sd / math.sqrt(3))  # neither a std nor a std error
+    abl = rows["x_epoch_20_ablationsrandom1_1_1_1"]
+    assert float(abl["zero_shot_mean"]) == pytest.approx(-0.4) and abl["original_zero_shot_n"] == "3"  # found from the collapsed runs
+    assert float(abl["original_zero_shot_mean"]) == pytest.approx(0.95)
+    assert rows["x"]["zero_shot_n"] == "0" and rows["x"]["zero_shot_mean"] == ""  # no zero-shot for the original
+
+    md = md_path.read_text()
+    assert md_row(md, "x_epoch_20_base_1_1_1_1")[2:4] == ["3", f"{m:.4g} [{lo:.4g}, {hi:.4g}]"]
+    zero_md = md.split("## Zero-shot")[1]
+    z = md_row(zero_md, "x_epoch_20_base_1_1_1_1")
+    zm, zlo, zhi = interval(zero)
+    om, olo, ohi = interval(orig)
+    assert z[1:6] == ["collapsed", "3", f"{zm:.4g} [{zlo:.4g}, {zhi:.4g}]", f"{om:.4g} [{olo:.4g}, {ohi:.4g}]", "3"]
+    assert md_row(zero_md, "x_epoch_20_ablationsrandom1_1_1_1")[1] == "ablation" and "| x |" not in zero_md
 
 
 def test_compare_errors(tmp_path):

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from fiberlab.cli import count, overrides_with_train_dir, resolve_train_dir
 from fiberlab.errors import BadInput
 
+if TYPE_CHECKING:  # imported lazily at run time: the parser must not import torch
+    from fiberlab.fibration import Target, TargetResult, Thresholds
+
 DEFAULT_TRAIN_DIR = "./train_dir"
+TARGET_FLAGS = (("target-fraction", "target_fraction", "nodes"), ("target-params", "target_params", "params"))
 THRESHOLD_FLAGS = (("threshold", "threshold"), ("linear-thr", "linear_thr"), ("cnn-thr", "cnn_thr"), ("lstm-thr", "lstm_thr"), ("critic-thr", "critic_thr"))
 SUMMARY_KEYS = ("run", "kind", "source_run", "source_epoch", "source_agent_step", "node_fraction", "param_fraction", "return_original", "return_collapsed", "draw")
 
@@ -32,6 +37,32 @@ def parse_thresholds(args: argparse.Namespace):
     base = Thresholds() if t is None else Thresholds(linear=t, cnn=t, lstm=t, critic=t)
     update = {k: getattr(args, f"{k}_thr") for k in ("linear", "cnn", "lstm", "critic") if getattr(args, f"{k}_thr") is not None}
     return base.model_copy(update=update)
+
+
+def parse_target(args: argparse.Namespace) -> Target | None:
+    """``--target-fraction F`` (hidden nodes kept) or ``--target-params F`` (parameters kept), F in
+    (0, 1], at most one of them: a :class:`~fiberlab.fibration.target.Target`, or None."""
+    from fiberlab.fibration.target import Target, check_fraction
+
+    given = [(flag, getattr(args, attr), measure) for flag, attr, measure in TARGET_FLAGS if getattr(args, attr, None) is not None]
+    if len(given) > 1:
+        raise BadInput(f"--{given[0][0]} {given[0][1]} and --{given[1][0]} {given[1][1]} given together: give one of them")
+    if not given:
+        return None
+    flag, value, measure = given[0]
+    return Target(check_fraction(value, f"--{flag}"), measure)
+
+
+def _find_target(train_dir: str, args: argparse.Namespace, thr: Thresholds, target: Target | None) -> TargetResult | None:
+    """The thresholds search on the source checkpoint (None without a target), its result printed
+    in one line before anything trains."""
+    if target is None:
+        return None
+    from fiberlab.experiments.fibration_runs import find_target
+
+    found = find_target(train_dir, args.run, target, thr, args.epoch)
+    print(found.describe(), flush=True)
+    return found
 
 
 def _train_dir(args: argparse.Namespace) -> str:
@@ -55,8 +86,9 @@ def cmd_collapse(args: argparse.Namespace) -> int:
     from fiberlab.experiments.fibration_runs import collapse_run
 
     _source_checks(args)
-    thr = parse_thresholds(args)
-    return _print_runs(collapse_run(_train_dir(args), args.run, thr, args.epoch, args.overrides, eval_episodes=args.eval_episodes))
+    thr, target, train_dir = parse_thresholds(args), parse_target(args), _train_dir(args)
+    found = _find_target(train_dir, args, thr, target)
+    return _print_runs(collapse_run(train_dir, args.run, thr, args.epoch, args.overrides, eval_episodes=args.eval_episodes, target=found))
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -64,8 +96,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     _source_checks(args)
     count("--draws", args.draws, minimum=1)
-    thr = parse_thresholds(args)
-    return _print_runs(ablate_run(_train_dir(args), args.run, thr, args.epoch, args.overrides, draws=args.draws, eval_episodes=args.eval_episodes))
+    thr, target, train_dir = parse_thresholds(args), parse_target(args), _train_dir(args)
+    found = _find_target(train_dir, args, thr, target)
+    return _print_runs(ablate_run(train_dir, args.run, thr, args.epoch, args.overrides, draws=args.draws, eval_episodes=args.eval_episodes, target=found))
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
@@ -85,6 +118,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if args.name == "ad":  # fiberlab pipeline ad ENV: Algorithm Distillation (fiberlab.cli.ad)
         from fiberlab.cli.ad import cmd_pipeline_ad
 
+        given = [flag for flag, attr, _ in TARGET_FLAGS if getattr(args, attr) is not None]
+        if given:
+            raise BadInput(f"--{given[0]} is a fibration flag: the ad pipeline collapses nothing")
+
         return cmd_pipeline_ad(args)
     from fiberlab.experiments.fibration_pipeline import run_pipeline
 
@@ -97,8 +134,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if not 0.0 < args.retrain_fraction <= 10.0:
         raise BadInput(f"bad value {args.retrain_fraction} for --retrain-fraction: (0, 10] is allowed")
     overrides = overrides_with_train_dir(args.train_dir, args.overrides)
-    thr = parse_thresholds(args)
-    res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes, workers=args.jobs)
+    thr, target = parse_thresholds(args), parse_target(args)
+    res = run_pipeline(args.recipe, overrides, thr, seeds=args.seeds, retrain_fraction=args.retrain_fraction, eval_episodes=args.eval_episodes,
+                       workers=args.jobs, target=target)
     for stage, runs in res.runs.items():
         print(f"{stage:<10} {', '.join(runs)}")
     if res.skipped:
@@ -128,8 +166,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise BadInput("no runs given: name at least one run (under --train-dir) or run folder")
     if not args.out.lower().endswith(".png"):
         raise BadInput(f"bad value {args.out!r} for --out: a FILE.png path is allowed")
-    png, csv, md = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
-    print(f"png: {png}\ncsv: {csv}\nmd:  {md}")
+    png, csv, md, summary = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
+    print(f"png: {png}\ncsv: {csv}\nmd:  {md}\nsummary csv: {summary}")
     return 0
 
 
@@ -142,11 +180,18 @@ def _thr_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{kind}-thr", type=float, help=f"{kind} layers' threshold in [0, 2] (default {default})")
 
 
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-fraction", metavar="F", help="collapse to about this fraction of the hidden nodes, F in (0, 1]: the thresholds "
+                   "are scaled together (ratios kept: the defaults, or the thresholds given) to the scale whose collapse comes closest")
+    p.add_argument("--target-params", metavar="F", help="the same for the fraction of parameters kept (not with --target-fraction)")
+
+
 def _source_args(p: argparse.ArgumentParser, thresholds: bool = True) -> None:
     p.add_argument("--run", required=True, help="the source run (EXP)")
     p.add_argument("--epoch", type=int, help="checkpoint epoch (closest one; ties: the earlier; default: latest)")
     if thresholds:
         _thr_args(p)
+        _target_args(p)
     p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
     p.add_argument("--eval-episodes", type=int, default=32, help="episodes for the zero-shot returns (0: skip)")
     p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the new run (trainer.total_timesteps = steps to train)")
@@ -184,6 +229,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="fibration or ad")
     p.add_argument("recipe", help="fibration: the recipe; ad: the env (darkroom, darkroom_permuted, dark_key_to_door)")
     _thr_args(p)
+    _target_args(p)
     p.add_argument("--seeds", type=int, help="seeds (default: fibration 1, ad 3)")
     p.add_argument("--retrain-fraction", type=float, default=0.5, help="steps of each retraining as a fraction of the baseline's")
     p.add_argument("--eval-episodes", type=int, default=32)

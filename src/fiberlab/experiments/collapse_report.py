@@ -2,7 +2,10 @@
 
 One record (:class:`CollapseReport`) for the four kinds. Each kind writes its own keys in a fixed
 order (:data:`KEYS`), the same as the files written before this module, so old run folders read
-and compare the same; :func:`read_report` reads any of them back (``compare``, ``scratch``).
+and compare the same; :func:`read_report` reads any of them back (``compare``, ``scratch``). A run
+collapsed to a target size (:mod:`fiberlab.fibration.target`) adds one key at the end, ``target``
+(the search: target, fraction reached, scale, base thresholds, evaluations); runs without one write
+exactly the keys they wrote before.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ KEYS: dict[str, tuple[str, ...]] = {
 class CollapseReport:
     """Source checkpoint, thresholds, how the LSTM partition was reached, per-layer widths
     (``layers[name] = {"before": units, "after": width}``), sizes and their fractions, zero-shot
-    returns (None: not measured), ablation ``draw`` and ``kept`` units, and the collapsed run a
-    scratch run is ``like``. Fields a kind does not write stay None."""
+    returns (None: not measured), ablation ``draw`` and ``kept`` units, the collapsed run a
+    scratch run is ``like``, and the ``target`` search its thresholds came from (None: given
+    directly). Fields a kind does not write stay None."""
 
     kind: str
     source_run: str | None = None
@@ -57,10 +61,12 @@ class CollapseReport:
     return_collapsed: float | None = None
     draw: int | None = None
     like: str | None = None
+    target: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The kind's keys (``KEYS[kind]``), in the file's order."""
-        return {k: getattr(self, k) for k in KEYS[self.kind]}
+        """The kind's keys (``KEYS[kind]``), in the file's order, then ``target`` when set."""
+        keys = KEYS[self.kind] if self.target is None else (*KEYS[self.kind], "target")
+        return {k: getattr(self, k) for k in keys}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CollapseReport:

@@ -2,9 +2,17 @@
 
 Runs whose names differ only by a ``_seed<N>`` (trailing, or before ``_epoch_<E>_`` in a run derived
 from a seed's checkpoint), or share a name across train_dirs, form one group: each seed's return curve is smoothed (trailing moving mean over ``len // 20`` epochs, as in
-the learning-curve plot), interpolated onto the group's step grid, and averaged; the band is ±1 std
-over the seeds present at that step. Kind comes from ``collapse_report.json`` ("original" without
-it); scratch runs are placed at their ``source_agent_step``.
+the learning-curve plot), interpolated onto the group's step grid, and averaged; the band is the
+95 % Student-t interval of that mean over the seeds present at that step (where there are at least
+two). Kind comes from ``collapse_report.json`` ("original" without it); scratch runs are placed at
+their ``source_agent_step``.
+
+Every figure averaged over seeds (final return, node and parameter fractions, zero-shot returns)
+is an :class:`Estimate`: the mean, its 95 % t-interval over the seeds' values
+(:func:`fiberlab.intervals.t_interval`: mean ± t_{0.975, n-1} · sd / √n) and n; one seed gives the
+value alone (no spread can be estimated). Outputs: the figure, ``FILE.csv`` (the curves: mean, lo,
+hi, n per step), ``FILE.md`` (the tables) and ``FILE_summary.csv`` (the tables' numbers, one
+mean/lo/hi/n column set per figure).
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import numpy as np
 from fiberlab.atomic import save_figure_atomic, write_text_atomic
 from fiberlab.errors import BadInput
 from fiberlab.experiments.collapse_report import read_report
+from fiberlab.intervals import t_interval
 from fiberlab.rl.logging import read_metrics
 
 KIND_COLORS = {"original": "tab:green", "continued": "tab:green", "collapsed": "tab:red", "ablation": "tab:orange", "scratch": "tab:purple"}
@@ -29,6 +38,8 @@ LINESTYLES = ["-", "--", "-.", ":"]
 FIRST_LINESTYLE = {"continued": "--"}  # the original's own continuation: same color, dashed
 SEED_RE = re.compile(r"_seed\d+(?=$|_epoch_\d+_)")  # trailing, or before a derived run's _epoch_<E>_
 MAX_GRID = 400
+CONFIDENCE = 0.95
+ZERO_SHOT_KINDS = ("collapsed", "ablation")  # kinds whose report holds the zero-shot return right after the collapse
 
 
 def group_name(run_name: str) -> str:
@@ -48,6 +59,47 @@ def smooth(values: np.ndarray) -> np.ndarray:
         lo = max(0, i - k + 1)
         out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
     return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of ``n`` values (seeds) and the bounds ``lo``, ``hi`` of its 95 % t-interval (nan when
+    n < 2: one seed has no spread to estimate; mean nan when n = 0)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Any) -> Estimate:
+        """Of the finite values among ``values`` (None and nan are not measurements: left out)."""
+        x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        mean, half = t_interval(x, CONFIDENCE)
+        return cls(mean, mean - half, mean + half, len(x))
+
+    def text(self, spec: str = ".4g") -> str:
+        """``mean [lo, hi]`` for n >= 2, the value alone for n = 1, ``n/a`` for none."""
+        if self.n == 0:
+            return "n/a"
+        if self.n == 1:
+            return format(self.mean, spec)
+        return f"{format(self.mean, spec)} [{format(self.lo, spec)}, {format(self.hi, spec)}]"
+
+    def columns(self, name: str) -> dict[str, str]:
+        """CSV cells ``<name>_mean``, ``_lo``, ``_hi``, ``_n``; empty where undefined."""
+        cell = {k: "" if math.isnan(v) else f"{v:.10g}" for k, v in (("mean", self.mean), ("lo", self.lo), ("hi", self.hi))}
+        return {f"{name}_{k}": v for k, v in {**cell, "n": str(self.n)}.items()}
+
+
+NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
+
+
+def seed_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per column of ``curves`` [seeds, steps]: the 95 % t-interval of the mean over the
+    seeds present there (nan where fewer than two are)."""
+    est = [Estimate.of(curves[:, j]) for j in range(curves.shape[1])]
+    return np.array([e.lo for e in est]), np.array([e.hi for e in est])
 
 
 @dataclass
@@ -73,7 +125,8 @@ class Group:
     runs: list[RunCurve] = field(default_factory=list)
     grid: np.ndarray | None = None
     mean: np.ndarray | None = None
-    std: np.ndarray | None = None
+    lo: np.ndarray | None = None  # 95 % t-interval of the mean over seeds, per grid step
+    hi: np.ndarray | None = None
     count: np.ndarray | None = None
 
     @property
@@ -86,12 +139,15 @@ class Group:
     def source_runs(self) -> list[str]:
         return [str(r.report["source_run"]) for r in self.runs if r.report and r.report.get("source_run")]
 
-    def fraction(self, key: str) -> float | None:
+    def fraction(self, key: str) -> Estimate:
+        """``key`` (node_fraction, param_fraction) over the seeds' reports; the original keeps all (1)."""
         if self.kind == "original":
-            return 1.0
-        vals = [r.report.get(key) for r in self.runs if r.report]
-        vals = [float(v) for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else None
+            return Estimate.of([1.0] * len(self.runs))
+        return Estimate.of(r.report.get(key) for r in self.runs if r.report)
+
+    def report_values(self, key: str) -> list[Any]:
+        """``key`` of every seed's report (None where missing)."""
+        return [r.report.get(key) if r.report else None for r in self.runs]
 
 
 def load_run(run_dir: str | Path) -> RunCurve:
@@ -144,7 +200,7 @@ def build_groups(run_dirs: list[str | Path]) -> list[Group]:
         keep = g.count > 0
         g.grid, curves, g.count = g.grid[keep], curves[:, keep], g.count[keep]
         g.mean = np.nanmean(curves, axis=0)
-        g.std = np.nanstd(curves, axis=0)
+        g.lo, g.hi = seed_band(curves)
     return list(groups.values())
 
 
@@ -174,20 +230,46 @@ def _original_final(group: Group, groups: list[Group]) -> float | None:
     return float(np.mean(finals)) if finals else None
 
 
+def _original_zero_shot(run: RunCurve, runs: list[RunCurve]) -> float | None:
+    """The zero-shot return of the original ``run`` was made from: its own report's, else that of
+    another compared run from the same checkpoint (ablation folders written before ablations
+    recorded it)."""
+    report = run.report or {}
+    if report.get("return_original") is not None:
+        return float(report["return_original"])
+    for other in runs:
+        o = other.report or {}
+        same_source = report.get("source_checkpoint") is not None and o.get("source_checkpoint") == report.get("source_checkpoint")
+        if same_source and o.get("return_original") is not None:
+            return float(o["return_original"])
+    return None
+
+
+def _zero_shot(g: Group, runs: list[RunCurve]) -> tuple[Estimate, Estimate]:
+    """(zero-shot return right after the collapse, the original's) over the group's seeds; no
+    estimate for kinds other than collapsed and ablation."""
+    if g.kind not in ZERO_SHOT_KINDS:
+        return NO_ESTIMATE, NO_ESTIMATE
+    return Estimate.of(g.report_values("return_collapsed")), Estimate.of(_original_zero_shot(r, runs) for r in g.runs)
+
+
 def summarize(groups: list[Group]) -> list[dict[str, Any]]:
-    """One dict per group: name, kind, seeds, final mean/std, collapse step, steps to 90 %, fractions.
+    """One dict per group: name, kind, n (seeds), final return, collapse step, steps to 90 %,
+    fractions and zero-shot returns (each averaged figure an :class:`Estimate` over the seeds).
 
     The 90 % target is ``orig - 0.1 * |orig|`` (``orig`` = the source original's final return), so it
-    means "within 10 %" for negative returns too.
+    means "within 10 %" for negative returns too; it is read off the seed-mean curve (one figure,
+    not an average over seeds).
     """
     out = []
+    every_run = [r for g in groups for r in g.runs]
     for g in groups:
-        finals = np.array([r.final for r in g.runs])
+        zero_shot, original_zero_shot = _zero_shot(g, every_run)
         row: dict[str, Any] = {
-            "group": g.name, "kind": g.kind, "seeds": len(g.runs),
-            "final_mean": float(finals.mean()), "final_std": float(finals.std()),
+            "group": g.name, "kind": g.kind, "n": len(g.runs), "final": Estimate.of(r.final for r in g.runs),
             "collapse_step": g.collapse_step, "original_final": None, "steps_to_90": None,
             "node_fraction": g.fraction("node_fraction"), "param_fraction": g.fraction("param_fraction"),
+            "zero_shot": zero_shot, "original_zero_shot": original_zero_shot,
         }
         if g.kind != "original" and g.collapse_step is not None:
             orig = _original_final(g, groups)
@@ -198,50 +280,86 @@ def summarize(groups: list[Group]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(x: float | None, spec: str = ".4g") -> str:
-    return "n/a" if x is None else format(x, spec)
+def _reach(s: dict[str, Any]) -> str:
+    """The steps-to-90 % cell: a number, or why there is none."""
+    if s["kind"] == "original":
+        return "—"
+    if s["original_final"] is None:
+        return "n/a (original not found)"
+    return "not reached" if s["steps_to_90"] is None else str(s["steps_to_90"])
+
+
+INTERVAL_NOTE = (
+    "n: seeds. With n >= 2 a figure averaged over seeds is `mean [lo, hi]`, the 95 % Student-t interval "
+    "of the mean over the seeds (mean ± t_{0.975, n-1} · sd / √n); with n = 1 the value alone."
+)
 
 
 def _markdown(summary: list[dict[str, Any]]) -> str:
     lines = [
-        "# Run comparison", "",
+        "# Run comparison", "", INTERVAL_NOTE, "",
         (
-            "Final return: mean ± std over seeds of each seed's mean over the last 10 % of its epochs. "
+            "Final return: each seed's mean over the last 10 % of its epochs, averaged over seeds. "
             "Steps to 90 %: agent steps after the collapse step until the seed-mean smoothed curve "
-            "reaches 90 % of the source original's final return."
+            "reaches 90 % of the source original's final return (one figure, from the mean curve)."
         ),
         "",
-        "| group | kind | seeds | final return | collapse step | steps to 90 % of original | node fraction | param fraction |",
+        "| group | kind | n | final return | collapse step | steps to 90 % of original | node fraction | param fraction |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
-        if s["kind"] == "original":
-            reach = "—"
-        elif s["original_final"] is None:
-            reach = "n/a (original not found)"
-        else:
-            reach = "not reached" if s["steps_to_90"] is None else str(s["steps_to_90"])
         lines.append(
-            f"| {s['group']} | {s['kind']} | {s['seeds']} | {s['final_mean']:.4g} ± {s['final_std']:.2g} | "
-            f"{'—' if s['collapse_step'] is None else s['collapse_step']} | {reach} | "
-            f"{_fmt(s['node_fraction'], '.3f')} | {_fmt(s['param_fraction'], '.3f')} |"
+            f"| {s['group']} | {s['kind']} | {s['n']} | {s['final'].text()} | "
+            f"{'—' if s['collapse_step'] is None else s['collapse_step']} | {_reach(s)} | "
+            f"{s['node_fraction'].text('.3f')} | {s['param_fraction'].text('.3f')} |"
         )
+    zero = [s for s in summary if s["kind"] in ZERO_SHOT_KINDS]
+    if zero:
+        lines += [
+            "", "## Zero-shot return right after the collapse", "",
+            ("Before any retraining, from each run's collapse_report.json: the collapsed (or randomly ablated) "
+             "policy and the original it was made from, on the same evaluation episodes; n: seeds with a measurement."),
+            "",
+            "| group | kind | n | zero-shot return | original's zero-shot return | n (original) | node fraction |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in zero:
+            z, o = s["zero_shot"], s["original_zero_shot"]
+            lines.append(f"| {s['group']} | {s['kind']} | {z.n} | {z.text()} | {o.text()} | {o.n} | {s['node_fraction'].text('.3f')} |")
     return "\n".join(lines) + "\n"
 
 
 def _csv(groups: list[Group]) -> str:
+    """The curves: per group and grid step the seed mean, its 95 % interval (empty where n < 2) and n."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["group", "kind", "seeds", "step", "mean", "std", "n"])
+    w.writerow(["group", "kind", "seeds", "step", "mean", "lo", "hi", "n"])
     for g in groups:
-        for step, m, s, n in zip(g.grid, g.mean, g.std, g.count):
-            w.writerow([g.name, g.kind, len(g.runs), f"{step:.10g}", f"{m:.6g}", f"{s:.6g}", int(n)])
+        for step, m, lo, hi, n in zip(g.grid, g.mean, g.lo, g.hi, g.count):
+            band = ["", ""] if n < 2 else [f"{lo:.6g}", f"{hi:.6g}"]
+            w.writerow([g.name, g.kind, len(g.runs), f"{step:.10g}", f"{m:.6g}", *band, int(n)])
     return buf.getvalue()
 
 
-def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path, Path, Path]:
+ESTIMATES = ("final", "node_fraction", "param_fraction", "zero_shot", "original_zero_shot")
+
+
+def _summary_csv(summary: list[dict[str, Any]]) -> str:
+    """The tables' numbers: one row per group, each averaged figure as ``<name>_mean, _lo, _hi, _n``."""
+    rows = [{"group": s["group"], "kind": s["kind"], "n": s["n"], "collapse_step": s["collapse_step"],
+             "original_final": s["original_final"], "steps_to_90": s["steps_to_90"],
+             **{k: v for name in ESTIMATES for k, v in s[name].columns(name).items()}} for s in summary]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows([{k: "" if v is None else v for k, v in row.items()} for row in rows])
+    return buf.getvalue()
+
+
+def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path, Path, Path, Path]:
     """Plot several runs (seed groups averaged) and write ``out_png`` plus ``<out>.csv`` (per group:
-    step grid, mean, std, n seeds there) and ``<out>.md`` (summary table). Returns (png, csv, md).
+    step grid, mean, 95 % interval, n seeds there), ``<out>.md`` (summary and zero-shot tables) and
+    ``<out>_summary.csv`` (the tables' numbers). Returns (png, csv, md, summary csv).
 
     Raises BadInput (one line) for an unknown run folder or one without returns in its metrics.
     """
@@ -255,6 +373,7 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
     png = Path(out_png)
     png.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = png.with_suffix(".csv"), png.with_suffix(".md")
+    summary_path = png.with_name(f"{png.stem}_summary.csv")
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     used: dict[str, int] = {}
@@ -266,19 +385,20 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
         ls = LINESTYLES[(first + used.get(g.kind, 0)) % len(LINESTYLES)]
         used[g.kind] = used.get(g.kind, 0) + 1
         ax.plot(g.grid, g.mean, color=color, ls=ls, lw=1.8, label=f"{g.name} [{g.kind}] (n={len(g.runs)})")
-        if len(g.runs) > 1:
-            ax.fill_between(g.grid, g.mean - g.std, g.mean + g.std, color=color, alpha=0.18, lw=0)
+        if len(g.runs) > 1:  # nan (fewer than two seeds at a step) leaves a gap in the band
+            ax.fill_between(g.grid, g.lo, g.hi, color=color, alpha=0.18, lw=0)
     for step in sorted({g.collapse_step for g in groups if g.collapse_step is not None}):
         ax.axvline(step, color="black", ls=":", lw=1.2)
         ax.annotate(f"collapse @ {step:,}", (step, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
                     ha="left", va="top", xytext=(3, -3), textcoords="offset points")
     ax.set_xlabel("agent steps")
     ax.set_ylabel("mean episode return (smoothed)")
-    ax.set_title("return vs agent steps (mean ± 1 std over seeds)")
+    ax.set_title("return vs agent steps (mean over seeds; band: 95 % t-interval of the mean, n ≥ 2)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure_atomic(fig, png)
     write_text_atomic(csv_path, _csv(groups))
     write_text_atomic(md_path, _markdown(summary))
-    return png, csv_path, md_path
+    write_text_atomic(summary_path, _summary_csv(summary))
+    return png, csv_path, md_path, summary_path

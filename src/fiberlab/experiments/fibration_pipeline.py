@@ -4,6 +4,10 @@ ablation -> scratch -> comparison plot, for one or more seeds, resumable.
 Every stage is an ordinary run folder; a stage whose run already reached its step budget is
 skipped, and an interrupted stage resumes from its newest checkpoint (the trainer's resume), so
 rerunning the same command finishes the job without redoing finished work.
+
+With a target size (``--target-fraction`` / ``--target-params``) each seed's thresholds are
+searched on that seed's own final checkpoint (so they may differ between seeds) before its runs
+are named; the search is deterministic, so a rerun finds the same names and skips what is done.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from fiberlab.experiments.fibration_runs import (
     collapse_run,
     continue_run,
     continued_name,
+    find_target,
     run_names,
     scratch_run,
     train_run,
 )
 from fiberlab.fibration.fibers import Thresholds
+from fiberlab.fibration.target import Target, TargetResult
 from fiberlab.rl.run_dir import list_checkpoints, run_finished
 
 STAGES = ("baseline", "continued", "collapsed", "ablation", "scratch")
@@ -61,6 +67,17 @@ def _execute(jobs: list[list[tuple[str, Callable[..., Any], tuple]]], workers: i
             future.result()  # re-raises a stage's error here
 
 
+def _seed_thresholds(train_dir: str, run: str, epoch: int, thresholds: Thresholds, target: Target | None,
+                     log: Callable[[str], Any]) -> tuple[Thresholds, TargetResult | None]:
+    """One seed's thresholds: ``thresholds`` as given, or (with ``target``) searched with their
+    ratios on the seed's checkpoint ``epoch``, the result logged in one line."""
+    if target is None:
+        return thresholds, None
+    found = find_target(train_dir, run, target, thresholds, epoch)
+    log(f"[pipeline] {run} epoch {epoch}: {found.describe()}")
+    return found.thresholds, found
+
+
 def run_pipeline(
     recipe: str,
     overrides: list[str],
@@ -70,12 +87,14 @@ def run_pipeline(
     eval_episodes: int = 32,
     log: Callable[[str], Any] = print,
     workers: int = 1,
+    target: Target | None = None,
 ) -> PipelineResult:
     """Run (or finish) the whole fibration experiment; return the run names and the figure.
 
     Two phases: the baselines (one per seed), then every seed's continued, collapsed (followed by
     its scratch twin, which needs the collapsed run's widths) and ablation runs. Within a phase the
-    jobs are independent and run ``workers`` at a time.
+    jobs are independent and run ``workers`` at a time. ``target``: collapse each seed to that
+    size instead (thresholds searched per seed with the ratios of ``thresholds``).
     """
     from fiberlab.experiments.compare import compare_runs
     from fiberlab.recipes import get_recipe
@@ -102,27 +121,28 @@ def run_pipeline(
     jobs = []
     for run in runs:
         epoch, step, _ = list_checkpoints(Path(train_dir) / run)[-1]
-        collapsed, ablation = run_names(run, epoch, thresholds)
+        thr, found = _seed_thresholds(train_dir, run, epoch, thresholds, target, log)
+        collapsed, ablation = run_names(run, epoch, thr)
         scratch = f"{collapsed}_scratch"
         todo = {
             "continued": (continued_name(run, epoch), step + retrain, continue_run, (train_dir, run, epoch, stage_over, eval_episodes)),
-            "collapsed": (collapsed, step + retrain, collapse_run, (train_dir, run, thresholds, epoch, stage_over, eval_episodes)),
+            "collapsed": (collapsed, step + retrain, collapse_run, (train_dir, run, thr, epoch, stage_over, eval_episodes, True, found)),
             "scratch": (scratch, retrain, scratch_run, (train_dir, collapsed, [f"progress={progress}"])),
-            "ablation": (ablation, step + retrain, ablate_run, (train_dir, run, thresholds, epoch, stage_over, 1, eval_episodes)),
+            "ablation": (ablation, step + retrain, ablate_run, (train_dir, run, thr, epoch, stage_over, 1, eval_episodes, True, found)),
         }
         pending = {}
-        for stage, (target, steps, fn, args) in todo.items():
-            result.runs[stage].append(target)
-            if run_finished(Path(train_dir) / target, steps):
-                result.skipped.append(target)
+        for stage, (stage_run, steps, fn, args) in todo.items():
+            result.runs[stage].append(stage_run)
+            if run_finished(Path(train_dir) / stage_run, steps):
+                result.skipped.append(stage_run)
             else:
-                pending[stage] = (f"{stage} {target}", fn, args)
+                pending[stage] = (f"{stage} {stage_run}", fn, args)
         chain = [pending[s] for s in ("collapsed", "scratch") if s in pending]  # scratch reads the collapsed run
         jobs += [job for job in ([pending["continued"]] if "continued" in pending else [], chain,
                                  [pending["ablation"]] if "ablation" in pending else []) if job]
     _execute(jobs, workers, log)
 
     all_runs = [Path(train_dir) / r for stage in STAGES for r in result.runs[stage]]
-    png, _, _ = compare_runs(all_runs, Path(train_dir) / f"{name}_compare.png")
+    png, *_ = compare_runs(all_runs, Path(train_dir) / f"{name}_compare.png")
     result.figure = Path(png)
     return result

@@ -11,6 +11,11 @@ continued runs continue the source's step counter and train ``trainer.total_time
 each with a fresh optimizer (so the only difference between them is the network); scratch runs
 start at 0.
 
+Collapse to a target size: :func:`find_target` searches the thresholds on the source checkpoint
+(:mod:`fiberlab.fibration.target`); its result, passed to :func:`collapse_run` or :func:`ablate_run`
+as ``target``, sets the thresholds and is recorded under ``target`` in the report. The search is
+deterministic, so the same command finds the same thresholds (and run names) again.
+
 Bad input (an unknown run, no checkpoints, a file without a run config, a run that is not a
 collapsed run) is a :class:`~fiberlab.errors.BadInput` with a one-line message.
 """
@@ -35,6 +40,7 @@ from fiberlab.experiments.collapse_report import (
 from fiberlab.fibration.collapse import collapse
 from fiberlab.fibration.controls import ablate, fiber_widths, node_count, param_count
 from fiberlab.fibration.fibers import Fibers, Thresholds, find_fibers
+from fiberlab.fibration.target import Target, TargetResult, search_thresholds
 from fiberlab.rl.evaluate import evaluate_in
 from fiberlab.rl.run_dir import list_checkpoints, make_run_dir
 
@@ -144,9 +150,25 @@ def _budget(cfg: TrainConfig, overrides: list[str], start_step: int, run: str) -
     return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"total_timesteps": start_step + cfg.trainer.total_timesteps})})
 
 
-def collapse_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = None, overrides: list[str] = (), eval_episodes: int = 32, train: bool = True) -> dict[str, Any]:
-    """Collapse ``run``'s checkpoint and train the collapsed policy in a new run."""
+def find_target(train_dir: str, run: str, target: Target, thr: Thresholds | None = None, epoch: int | None = None) -> TargetResult:
+    """The thresholds (``thr``'s ratios; default: the defaults') whose collapse of ``run``'s
+    checkpoint ``epoch`` keeps the fraction closest to ``target``; writes nothing. Pass the result
+    as ``target`` to :func:`collapse_run` / :func:`ablate_run`."""
+    _, policy, _ = _open_source(train_dir, run, epoch)
+    return search_thresholds(policy, target, thr)
+
+
+def _target_fields(thr: Thresholds, target: TargetResult | None) -> tuple[Thresholds, dict[str, Any] | None]:
+    """The thresholds to collapse at (the search's, when there was one) and the report's ``target``."""
+    return (thr, None) if target is None else (target.thresholds, target.to_dict())
+
+
+def collapse_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = None, overrides: list[str] = (), eval_episodes: int = 32,
+                 train: bool = True, target: TargetResult | None = None) -> dict[str, Any]:
+    """Collapse ``run``'s checkpoint and train the collapsed policy in a new run; with ``target``
+    (:func:`find_target` on the same checkpoint) its thresholds replace ``thr``."""
     src, policy, base_cfg = _open_source(train_dir, run, epoch)
+    thr, searched = _target_fields(thr, target)
     fibers = find_fibers(policy, thr)
     small = collapse(policy, fibers)
     name, _ = run_names(run, src.epoch, thr)
@@ -154,17 +176,25 @@ def collapse_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = 
         "collapsed", run, src, thresholds=thr.model_dump(), **fibers.lstm_report(),
         layers=_layers(fibers.widths(), fiber_widths(fibers)), **_sizes(policy, small),
         return_original=_zero_shot(policy, base_cfg, eval_episodes), return_collapsed=_zero_shot(small, base_cfg, eval_episodes),
+        target=searched,
     )
     cfg = _budget(base_cfg, list(overrides), src.agent_step, name)
     return _start(cfg, small, src.agent_step, report, fibers, train)
 
 
-def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = None, overrides: list[str] = (), draws: int = 1, eval_episodes: int = 32, train: bool = True) -> list[dict[str, Any]]:
-    """Random ablation to the collapsed per-layer widths, ``draws`` times, each trained in a run."""
+def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = None, overrides: list[str] = (), draws: int = 1, eval_episodes: int = 32,
+               train: bool = True, target: TargetResult | None = None) -> list[dict[str, Any]]:
+    """Random ablation to the collapsed per-layer widths, ``draws`` times, each trained in a run;
+    with ``target`` the widths are those of the collapse at the thresholds it found.
+
+    The original's zero-shot return is recorded too (the same evaluation as the collapsed run's),
+    so ``compare`` can set each ablation against its own original."""
     src, policy, base_cfg = _open_source(train_dir, run, epoch)
+    thr, searched = _target_fields(thr, target)
     fibers = find_fibers(policy, thr)
     widths = fiber_widths(fibers)
     _, name = run_names(run, src.epoch, thr)
+    original = _zero_shot(policy, base_cfg, eval_episodes)
     out = []
     for k in range(draws):
         small, kept = ablate(policy, widths, seed=base_cfg.seed * 1000 + k)
@@ -173,7 +203,7 @@ def ablate_run(train_dir: str, run: str, thr: Thresholds, epoch: int | None = No
             "ablation", run, src, thresholds=thr.model_dump(), **fibers.lstm_report(),
             layers=_layers(fibers.widths(), widths), kept=kept,
             node_fraction=sizes["node_fraction"], param_fraction=sizes["param_fraction"],
-            return_collapsed=_zero_shot(small, base_cfg, eval_episodes), draw=k,
+            return_original=original, return_collapsed=_zero_shot(small, base_cfg, eval_episodes), draw=k, target=searched,
         )
         cfg = _budget(base_cfg, list(overrides), src.agent_step, name if k == 0 else f"{name}_draw{k}")
         out.append(_start(cfg, small, src.agent_step, report, None, train))
