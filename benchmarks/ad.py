@@ -57,7 +57,8 @@ from torch.utils.data import Dataset, default_collate
 
 from fiberlab.distill.config import ADConfig
 from fiberlab.distill.model import ADTransformer, flops_per_window
-from fiberlab.distill.train import keep_freed_memory, train_step
+from fiberlab.distill.train import train_step
+from fiberlab.runtime import keep_freed_memory
 from fiberlab.distill.windows import Windows
 
 DICP_SECONDS = 3.0  # DICP's code, one step of batch 512 on this CPU class (the spec)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,22 +23,31 @@ def test_quick_demo_rows_print_ratios(tmp_path: Path) -> None:
     pytest.importorskip("sb3_contrib")
     out_json = tmp_path / "bench.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    baseline = tmp_path / "tree"  # a second source tree: a copy of this one, so its row must import from there
+    shutil.copytree(ROOT / "src", baseline / "src", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--only", "demo", "--device", "cpu", "--json", str(out_json)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
+        [sys.executable, str(SCRIPT), "--quick", "--only", "demo", "--device", "cpu", "--json", str(out_json), "--baseline", str(baseline)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for line in ("demo: ours / SB3 PPO:", "demo: ours / RecurrentPPO:", "demo: ours / env-only ceiling:"):
+    for line in ("demo: ours / SB3 PPO:", "demo: ours / RecurrentPPO:", "demo: ours / env-only ceiling:", "demo: ours / limit:",
+                 "demo: ours / baseline code:"):
         assert re.search(re.escape(line) + r" \d+\.\d+", out), f"missing {line!r} in:\n{out}"
     assert "beam_rider" not in out and "arena" not in out  # --only demo runs the demo rows only
 
     data = json.loads(out_json.read_text())
-    kinds = {r["kind"] for r in data["rows"]}
-    assert kinds == {"env", "forward", "ours", "sb3_ppo", "sb3_rppo"}
+    rows = {r["kind"]: r for r in data["rows"]}
+    assert set(rows) == {"env", "forward", "arith", "baseline", "ours", "sb3_ppo", "sb3_rppo"}
     for r in data["rows"]:
         assert r["sps"] > 0 and r["peak_rss_mb"] > 0, r
-    assert set(data["ratios"]) == {"demo: ours / env-only ceiling", "demo: ours / SB3 PPO", "demo: ours / RecurrentPPO"}
+    assert rows["baseline"]["runs"][0]["fiberlab_from"] == str((baseline / "src" / "fiberlab").resolve())
+    assert rows["ours"]["runs"][0]["fiberlab_from"] == str((ROOT / "src" / "fiberlab").resolve())
+    assert set(data["ratios"]) == {"demo: ours / env-only ceiling", "demo: ours / SB3 PPO", "demo: ours / RecurrentPPO",
+                                   "demo: ours / limit", "demo: ours / baseline code"}
+    # the limit: env and network one after the other, their times per step add up
+    by = {k: r["sps"] for k, r in rows.items()}
+    assert data["ratios"]["demo: ours / limit"] == pytest.approx(by["ours"] * (1 / by["env"] + 1 / by["arith"]))
 
 
 def test_unknown_group_is_rejected() -> None:

@@ -158,7 +158,11 @@ class TrainerConfig(StrictModel):
     # weights, optimizer state, losses and acting stay fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_interval: int = Field(10, ge=1)  # epochs
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1)  # while acting (the env steps then, in this process)
+    # Torch threads during the PPO update, when no env is stepping. None (auto): the cores this
+    # process may use, split between DDP ranks on one machine (fiberlab.runtime.update_threads).
+    # Runs launched side by side (pipeline --jobs, sweeps) get 1 from their launcher.
+    update_threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _strict_tbptt(self) -> "TrainerConfig":

@@ -26,16 +26,14 @@ the same machine and thread count it continues bit for bit as if it had not stop
 
 Speed on the CPU (``benchmarks/ad.py``): each step runs in slices of ``MICRO_BATCH`` windows (the
 same gradient; the activations stay in cache), glibc is told to keep freed memory
-(:func:`keep_freed_memory`: no page faults for the same activations every step) and denormal
+(:func:`fiberlab.runtime.keep_freed_memory`: no page faults for the same activations every step) and denormal
 floats are flushed to zero while training (a sharp attention softmax otherwise makes the attention
 kernel 3x slower). The model's own choices are in ``fiberlab.distill.model``.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +51,7 @@ from fiberlab.distill.config import ADConfig
 from fiberlab.distill.model import ADTransformer
 from fiberlab.distill.windows import ADData, WindowBatch, Windows, load_windows
 from fiberlab.errors import BadInput
+from fiberlab.runtime import keep_freed_memory
 
 MICRO_BATCH = 256  # windows per forward/backward pass inside one optimizer step (see train_step)
 EVAL_BATCH = 1024  # windows per forward pass when evaluating
@@ -81,26 +80,6 @@ def learning_rate(cfg: ADConfig, step: int) -> float:
     if step < w:
         return cfg.lr * (step + 1) / w
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, n - w)))
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory for reuse (a process-wide setting, once).
-
-    A training step allocates and frees the same tens of megabytes of activations every time. By
-    default glibc gives large blocks back to the kernel (mmap above a threshold, heap trimming), so
-    each step faults the same pages in again: about 30 000 page faults and 60-70 ms of kernel time
-    per step at batch 512 on this CPU. Raising the mmap threshold to its maximum (32 MB) and the
-    trim threshold to 1 GB keeps them; the cost is a resident size that does not shrink after a
-    peak. No effect (False) where the C library is not glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
-    except (OSError, AttributeError):
-        return False
 
 
 def run_dir_of(cfg: ADConfig, env: str) -> Path:

@@ -14,14 +14,16 @@ from torch import nn
 from fiberlab.config import PolicyConfig
 from fiberlab.policies.architectures import Architecture
 from fiberlab.policies.layers import layer_init, mlp
+from fiberlab.policies.patch_conv import PatchConv2d
 
 
 def conv_encoder(arch: Architecture, cfg: PolicyConfig) -> tuple[nn.Module, int]:
     """Convs (ReLU, the record's kernels and strides) -> flatten -> linear layers (ReLU)."""
     c_in = cfg.obs_shape[0]
+    conv = PatchConv2d if arch.patch_convs else nn.Conv2d  # the same parameters either way
     layers: list[nn.Module] = []
     for c_out, (k, s) in zip(cfg.conv_channels, arch.conv_geometry, strict=True):
-        layers += [layer_init(nn.Conv2d(c_in, c_out, k, s)), nn.ReLU()]
+        layers += [layer_init(conv(c_in, c_out, k, s)), nn.ReLU()]
         c_in = c_out
     layers.append(nn.Flatten())
     convs = nn.Sequential(*layers)

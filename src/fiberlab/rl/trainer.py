@@ -31,6 +31,7 @@ from fiberlab.rl.callbacks import Callback, CallbackList, PeriodicCheckpoint
 from fiberlab.rl.logging import MetricsLogger, ProgressDisplay
 from fiberlab.rl.ppo import TrainingDiverged, ppo_update
 from fiberlab.rl.rollout import RolloutCollector
+from fiberlab.runtime import keep_freed_memory, update_threads
 from fiberlab.rl.run_dir import (
     checkpoint_name,
     default_run_name,
@@ -79,7 +80,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, initial_policy: RecurrentPolicy | None = None, initial_agent_step: int = 0, callbacks: Sequence[Callback] = ()) -> None:
         self.device = resolve_device(cfg.device)
         torch.set_num_threads(cfg.trainer.torch_threads)
+        keep_freed_memory()  # the update's activations are freed and allocated again every epoch
         self.dist = dist_utils.init_distributed(self.device)
+        # acting runs with torch_threads while the env steps; the update, with nothing else running, with these
+        self.update_threads = update_threads(cfg.trainer.update_threads, cfg.trainer.torch_threads, self.dist.local_world_size)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -146,10 +150,13 @@ class Trainer:
                 advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, next_value, tc.gamma, tc.gae_lambda)
                 # 3. PPO: update_epochs passes of clipped-ratio minibatch updates over whole segments
                 policy.train()
+                torch.set_num_threads(self.update_threads)
                 try:
                     stats = ppo_update(model, optimizer, rollout, advantages, returns, tc, gen, self.epoch)
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"{first_line(e)}; last good checkpoint: {self._last_good_checkpoint()}") from e
+                finally:
+                    torch.set_num_threads(tc.torch_threads)
                 self.epoch += 1
                 self.agent_step += steps * self.dist.world_size
                 # 4. log: one metrics row per epoch, by name (metrics.jsonl, display, checkpoints hook here)

@@ -87,7 +87,7 @@ def cell_overrides(spec: SweepSpec, cell: Cell, train_dir: str | Path) -> list[s
     Cells run in parallel, so each uses one torch thread and plain progress lines by default (the
     base may say otherwise); W&B groups them by sweep and tags them with their axis values.
     """
-    over = ["trainer.torch_threads=1", "progress=none", *override_strings(spec.base.overrides)]
+    over = ["trainer.torch_threads=1", "trainer.update_threads=1", "progress=none", *override_strings(spec.base.overrides)]
     over += override_strings(cell.axes)
     over += [f"seed={cell.seed}", f"run={cell.name}", f"train_dir={Path(train_dir) / spec.name}", "resume=true"]
     over += override_strings({"wandb.group": spec.name, "wandb.tags": [f"{k}={v}" for k, v in cell.axes.items()] + [f"seed={cell.seed}"]})

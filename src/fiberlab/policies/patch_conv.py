@@ -1,0 +1,68 @@
+"""A convolution computed as one gather and one matrix product (CPU), for small feature maps.
+
+Why: Metta's ``fast`` network convolves 11x11 observations with 34 channels into 3x3 and then 1x1
+maps. At those sizes oneDNN's convolution kernel ran at about 30 GFLOP/s on one core of our
+benchmark CPU, while one ``[48*9, 850] x [850, 64]`` matrix product with the same multiply-adds
+runs at about 100 (measured in ``benchmarks/train_throughput.py``'s profile, docs/benchmarks.md).
+So the convolution is written as what it is::
+
+    y[b, o, i, j] = bias[o] + sum_{u, v, c} W[o, c, u, v] x[b, c, s i + u, s j + v]
+                  = (P W_flat^T)[(b, i, j), o]       P[(b, i, j), (u, v, c)] = x[b, c, s i + u, s j + v]
+
+``P`` (the patches) is gathered with one ``index_select`` over the flattened input, the index made
+once per input shape and layout. The output is returned as an ``[B, O, OH, OW]`` view of
+channels-last memory, so a following ``PatchConv2d`` reads it without a copy (its patches are then
+runs of C contiguous numbers; where a kernel covers the whole map, as ``fast``'s second conv
+does, no gather is needed at all).
+
+Everything else is an ordinary ``nn.Conv2d``: the same parameters, names and initialisation (so
+checkpoints, ``fiberlab.fibration`` and ``torch.compile`` see a Conv2d), and the same function up to
+float summation order (tested). Used only where it was measured to win: the architecture record's
+``patch_convs`` flag (the ``atari`` network's large early maps are faster in oneDNN), on the CPU
+(CUDA keeps cuDNN), for unpadded, undilated, ungrouped square kernels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose CPU forward is gather + matmul (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._indices: dict[tuple, torch.Tensor | None] = {}  # (C, H, W, channels_last, device) -> gather index
+
+    def _supported(self, x: torch.Tensor) -> bool:
+        k, s = self.kernel_size, self.stride
+        return (x.device.type == "cpu" and x.dim() == 4 and k[0] == k[1] and s[0] == s[1] and self.groups == 1
+                and self.padding_mode == "zeros" and all(p == 0 for p in self.padding) and all(d == 1 for d in self.dilation))
+
+    def _index(self, c: int, h: int, w: int, channels_last: bool, device: torch.device) -> torch.Tensor | None:
+        """Flat input offsets of P's columns, row by row: (i, j) outer, (u, v, c) inner; ``None``
+        when that is the input's own memory order (one output position, channels-last input)."""
+        key = (c, h, w, channels_last, device)
+        if key not in self._indices:
+            k, s = self.kernel_size[0], self.stride[0]
+            offsets = torch.arange(c * h * w, device=device)
+            grid = offsets.view(h, w, c).permute(2, 0, 1) if channels_last else offsets.view(c, h, w)  # grid[c, y, x] = offset
+            patches = grid.unfold(1, k, s).unfold(2, k, s)  # [C, OH, OW, k, k]
+            index = patches.permute(1, 2, 3, 4, 0).reshape(-1)
+            self._indices[key] = None if torch.equal(index, offsets[: index.numel()]) and index.numel() == offsets.numel() else index
+        return self._indices[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._supported(x):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        k, s, o = self.kernel_size[0], self.stride[0], self.out_channels
+        oh, ow = (h - k) // s + 1, (w - k) // s + 1
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(b, c * h * w)
+        index = self._index(c, h, w, channels_last, x.device)
+        patches = flat if index is None else flat.index_select(1, index)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(o, k * k * c)  # columns in P's (u, v, c) order
+        y = F.linear(patches.view(b * oh * ow, k * k * c), weight, self.bias)
+        return y.view(b, oh, ow, o).permute(0, 3, 1, 2)

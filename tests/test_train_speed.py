@@ -1,0 +1,119 @@
+"""Issue 16's speed levers change how the work is done, never what is computed.
+
+- ``PatchConv2d`` (gather + matmul) equals ``nn.Conv2d`` with the same weights: outputs, input and
+  parameter gradients, for contiguous and channels-last inputs, and falls back where it does not apply.
+- The trainer runs the PPO update with ``trainer.update_threads`` torch threads and acts with
+  ``trainer.torch_threads``; auto picks this process's share of the cores.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fiberlab.config import PolicyConfig, TrainConfig, apply_overrides
+from fiberlab.policies import build_policy
+from fiberlab.policies.patch_conv import PatchConv2d
+from fiberlab.recipes import get_recipe
+from fiberlab.runtime import available_cores, update_threads
+
+
+def _pair(c_in: int, c_out: int, k: int, s: int, **kw) -> tuple[nn.Conv2d, PatchConv2d]:
+    torch.manual_seed(0)
+    ref = nn.Conv2d(c_in, c_out, k, s, **kw).double()
+    ours = PatchConv2d(c_in, c_out, k, s, **kw).double()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,hw", [(34, 8, 5, 3, (11, 11)), (3, 5, 3, 1, (3, 3)), (2, 4, 4, 2, (9, 7)), (1, 3, 2, 2, (5, 6))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patch_conv_equals_conv2d(c_in, c_out, k, s, hw, channels_last):
+    ref, ours = _pair(c_in, c_out, k, s)
+    x = torch.randn(3, c_in, *hw, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    assert yb.shape == ya.shape
+    torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_conv_chains_through_channels_last_without_a_gather():
+    """fast's second conv covers the whole 3x3 map: it reads the first conv's channels-last output
+    as it lies in memory (no index), and the chain still equals two nn.Conv2d."""
+    r1, p1 = _pair(34, 16, 5, 3)
+    r2, p2 = _pair(16, 8, 3, 1)
+    x = torch.randn(4, 34, 11, 11, dtype=torch.float64)
+    h = torch.relu(p1(x))
+    assert h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()
+    torch.testing.assert_close(p2(h), r2(torch.relu(r1(x))), rtol=1e-12, atol=1e-12)
+    assert p2._index(16, 3, 3, True, h.device) is None  # identity: the memory order is the patch order
+
+
+def test_patch_conv_falls_back_where_it_does_not_apply():
+    ref, ours = _pair(3, 4, 3, 1, padding=1)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x))
+    assert not ours._indices  # the plain Conv2d path ran
+    meta = PatchConv2d(3, 4, 3, 1)(torch.zeros(2, 3, 6, 6, device="meta"))
+    assert meta.shape == (2, 4, 4, 4)
+
+
+def test_fast_policy_uses_patch_convs_and_atari_does_not():
+    fast = build_policy(PolicyConfig(name="fast", obs_shape=[34, 11, 11], num_actions=5))
+    atari = build_policy(PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9))
+    assert all(isinstance(m, PatchConv2d) for m in fast.encoder.modules() if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, PatchConv2d) for m in atari.encoder.modules())
+    # same parameter names as before: old checkpoints load
+    assert [n for n, _ in fast.named_parameters()][:4] == ["encoder.0.0.weight", "encoder.0.0.bias", "encoder.0.2.weight", "encoder.0.2.bias"]
+
+
+def test_update_threads_auto_and_explicit():
+    assert update_threads(3, 1) == 3
+    assert update_threads(None, 1) == max(1, available_cores())
+    assert update_threads(None, 1, processes_per_node=available_cores() * 2) == 1  # never below torch_threads
+    assert update_threads(None, 2, processes_per_node=available_cores() * 2) == 2
+
+
+def test_trainer_updates_with_update_threads_and_acts_with_torch_threads(tmp_path, monkeypatch):
+    """The thread count seen inside ppo_update is update_threads; inside the rollout, torch_threads."""
+    import fiberlab.rl.trainer as trainer_mod
+    from fiberlab.rl.rollout import RolloutCollector
+
+    seen = {"update": [], "act": []}
+    real_update, real_collect = trainer_mod.ppo_update, RolloutCollector.collect
+
+    def spy_update(*a, **k):
+        seen["update"].append(torch.get_num_threads())
+        return real_update(*a, **k)
+
+    def spy_collect(self, *a, **k):
+        seen["act"].append(torch.get_num_threads())
+        return real_collect(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod, "ppo_update", spy_update)
+    monkeypatch.setattr(RolloutCollector, "collect", spy_collect)
+    before = torch.get_num_threads()
+    cfg: TrainConfig = apply_overrides(get_recipe("demo"), [
+        f"train_dir={tmp_path}", "run=t", "progress=none", "env.num_envs=4", "trainer.bptt_horizon=8",
+        "trainer.minibatch_size=32", "trainer.update_epochs=1", "trainer.total_timesteps=64",
+        "trainer.torch_threads=1", "trainer.update_threads=2", "tensorboard=false"])
+    try:
+        trainer_mod.Trainer(cfg).train()
+    finally:
+        torch.set_num_threads(before)
+    assert seen["update"] == [2, 2] and seen["act"] == [1, 1]
+
+
+def test_update_threads_is_validated():
+    from fiberlab.config import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="update_threads"):
+        apply_overrides(get_recipe("demo"), ["trainer.update_threads=0"])
