@@ -137,6 +137,10 @@ def test_fibers_compare_and_resumable_pipeline(cli, tmp_path):
         assert expected in names, (expected, names)
     md = (tmp_path / "p_compare.md").read_text()
     assert all(f"| {kind} |" in md for kind in ("original", "continued", "collapsed", "ablation", "scratch"))
+    # --jobs 2 (the default): the runs trained side by side split the cores for their updates
+    from fiberlab.runtime import available_cores
+    for run in ("p", "p_epoch_8_continued", "p_epoch_8_base_0.5_0.5_0.5_0.5_scratch"):
+        assert json.loads((tmp_path / run / "config.json").read_text())["trainer"]["update_threads"] == max(1, available_cores() // 2), run
     # a second run skips every finished stage
     r = cli("pipeline", "fibration", "demo", "--threshold", "0.5", "--retrain-fraction", "1", "--eval-episodes", "8", *over)
     assert r.returncode == 0, r.stderr

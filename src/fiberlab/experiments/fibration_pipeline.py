@@ -29,6 +29,7 @@ from fiberlab.experiments.fibration_runs import (
 from fiberlab.fibration.fibers import Thresholds
 from fiberlab.fibration.target import Target, TargetResult
 from fiberlab.rl.run_dir import list_checkpoints, run_finished
+from fiberlab.runtime import available_cores
 
 STAGES = ("baseline", "continued", "collapsed", "ablation", "scratch")
 
@@ -105,12 +106,14 @@ def run_pipeline(
     retrain = max(1, int(base.trainer.total_timesteps * retrain_fraction))
     result = PipelineResult(runs={stage: [] for stage in STAGES})
     progress = base.progress if workers <= 1 else "plain"  # parallel runs: no live bars over each other
-    stage_over = [f"trainer.total_timesteps={retrain}", f"progress={progress}"]
+    # parallel runs split the cores for their updates (a run cannot see the others; auto would take them all)
+    side_by_side = [f"trainer.update_threads={max(1, available_cores() // workers)}"] if workers > 1 and base.trainer.update_threads is None else []
+    stage_over = [f"trainer.total_timesteps={retrain}", f"progress={progress}", *side_by_side]
     runs = [f"{name}_seed{base.seed + s}" if seeds > 1 else name for s in range(seeds)]
 
     baselines = []
     for s, run in enumerate(runs):
-        cfg: TrainConfig = apply_overrides(base, [f"run={run}", f"seed={base.seed + s}", "resume=true", f"progress={progress}"])
+        cfg: TrainConfig = apply_overrides(base, [f"run={run}", f"seed={base.seed + s}", "resume=true", f"progress={progress}", *side_by_side])
         result.runs["baseline"].append(run)
         if run_finished(Path(train_dir) / run, cfg.trainer.total_timesteps):
             result.skipped.append(run)
@@ -127,7 +130,7 @@ def run_pipeline(
         todo = {
             "continued": (continued_name(run, epoch), step + retrain, continue_run, (train_dir, run, epoch, stage_over, eval_episodes)),
             "collapsed": (collapsed, step + retrain, collapse_run, (train_dir, run, thr, epoch, stage_over, eval_episodes, True, found)),
-            "scratch": (scratch, retrain, scratch_run, (train_dir, collapsed, [f"progress={progress}"])),
+            "scratch": (scratch, retrain, scratch_run, (train_dir, collapsed, [f"progress={progress}", *side_by_side])),
             "ablation": (ablation, step + retrain, ablate_run, (train_dir, run, thr, epoch, stage_over, 1, eval_episodes, True, found)),
         }
         pending = {}
