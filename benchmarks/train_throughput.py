@@ -176,7 +176,7 @@ def work_arith(cfg, spec: dict) -> dict:
     from fiberlab.rl.advantages import compute_gae
     from fiberlab.rl.ppo import ppo_update
     from fiberlab.rl.rollout import RolloutCollector
-    from fiberlab.runtime import keep_freed_memory, update_threads
+    from fiberlab.runtime import keep_freed_memory, trainer_threads
 
     device = torch.device(_device(spec["device"]))
     env = make_vecenv(cfg.env, cfg.seed)
@@ -194,9 +194,10 @@ def work_arith(cfg, spec: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     tc = cfg.trainer
     keep_freed_memory()  # as the trainer does
-    threads = update_threads(tc.update_threads, tc.torch_threads)
+    acting_threads, threads = trainer_threads(tc.torch_threads, tc.update_threads)
 
     def epoch() -> None:
+        torch.set_num_threads(acting_threads)
         policy.eval()
         with torch.inference_mode():
             state = policy.init_state(n, device)
@@ -206,7 +207,7 @@ def work_arith(cfg, spec: dict) -> dict:
         policy.train()
         torch.set_num_threads(threads)  # the trainer's update phase: no env is stepping
         ppo_update(policy, optimizer, rollout, advantages, returns, tc, gen)
-        torch.set_num_threads(tc.torch_threads)
+        torch.set_num_threads(acting_threads)
 
     steps, secs = _warmup_then_time(epoch, n * horizon, cfg.trainer.total_timesteps, spec["min_seconds"])
     return {"steps": steps, "seconds": secs, "num_agents": n}
@@ -325,7 +326,13 @@ def worker_main(spec: dict) -> None:
     import torch
 
     cfg = group_config(spec["group"], spec["num_envs"], spec["quick"], spec["device"], spec["set"])
-    torch.set_num_threads(cfg.trainer.torch_threads)  # 1 unless --set trainer.torch_threads=N; every row alike
+    # the recipe's acting threads (all cores with auto), as the trainer would; every row alike
+    try:
+        from fiberlab.runtime import resolve_threads
+    except ImportError:  # a --baseline tree from before auto threads: an int there
+        def resolve_threads(n: int) -> int:
+            return n
+    torch.set_num_threads(resolve_threads(cfg.trainer.torch_threads))
     import fiberlab
 
     out = WORKERS[spec["kind"]](cfg, spec)
@@ -487,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     for g, c in configs.items():
         t = c.trainer
         print(f"{g}: env {c.env.name} x{c.env.num_envs}, policy {c.policy.name}, bptt {t.bptt_horizon}, minibatch {t.minibatch_size}, "
-              f"epochs {t.update_epochs}, torch threads {t.torch_threads}, {t.total_timesteps} agent steps per row", flush=True)
+              f"epochs {t.update_epochs}, torch threads {t.torch_threads or 'auto'} (update {t.update_threads or 'auto'}), {t.total_timesteps} agent steps per row", flush=True)
 
     results: dict[int, list[dict]] = {i: [] for i in range(len(planned))}
     with tempfile.TemporaryDirectory(prefix="fiberlab_bench_logs_") as logs:

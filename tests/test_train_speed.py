@@ -3,7 +3,7 @@
 - ``PatchConv2d`` (gather + matmul) equals ``nn.Conv2d`` with the same weights: outputs, input and
   parameter gradients, for contiguous and channels-last inputs, and falls back where it does not apply.
 - The trainer runs the PPO update with ``trainer.update_threads`` torch threads and acts with
-  ``trainer.torch_threads``; auto picks this process's share of the cores.
+  ``trainer.torch_threads``; auto (None) picks this process's share of the cores.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fiberlab.config import PolicyConfig, TrainConfig, apply_overrides
 from fiberlab.policies import build_policy
 from fiberlab.policies.patch_conv import PatchConv2d
 from fiberlab.recipes import get_recipe
-from fiberlab.runtime import available_cores, update_threads
+from fiberlab.runtime import available_cores, resolve_threads, trainer_threads
 
 
 def _pair(c_in: int, c_out: int, k: int, s: int, **kw) -> tuple[nn.Conv2d, PatchConv2d]:
@@ -75,11 +75,21 @@ def test_fast_policy_uses_patch_convs_and_atari_does_not():
     assert [n for n, _ in fast.named_parameters()][:4] == ["encoder.0.0.weight", "encoder.0.0.bias", "encoder.0.2.weight", "encoder.0.2.bias"]
 
 
-def test_update_threads_auto_and_explicit():
-    assert update_threads(3, 1) == 3
-    assert update_threads(None, 1) == max(1, available_cores())
-    assert update_threads(None, 1, processes_per_node=available_cores() * 2) == 1  # never below torch_threads
-    assert update_threads(None, 2, processes_per_node=available_cores() * 2) == 2
+def test_thread_counts_auto_and_explicit():
+    cores = available_cores()
+    assert resolve_threads(3) == 3
+    assert resolve_threads(None) == cores
+    assert resolve_threads(None, processes_per_node=cores * 2) == 1  # never below 1
+    assert trainer_threads(1, None) == (1, cores)  # the default: act on one thread, update on every core
+    assert trainer_threads(None, None, processes_per_node=2) == (max(1, cores // 2),) * 2  # DDP ranks split the cores
+    assert trainer_threads(2, 1) == (2, 2)  # the update never gets fewer threads than acting
+
+
+def test_recipes_thread_defaults():
+    """Conv recipes act on every core (measured faster); the vector-observation ones on one."""
+    assert get_recipe("arena").trainer.torch_threads is None and get_recipe("beam_rider").trainer.torch_threads is None
+    assert get_recipe("demo").trainer.torch_threads == 1
+    assert apply_overrides(get_recipe("demo"), ["trainer.torch_threads=null"]).trainer.torch_threads is None
 
 
 def test_trainer_updates_with_update_threads_and_acts_with_torch_threads(tmp_path, monkeypatch):

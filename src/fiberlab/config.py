@@ -158,10 +158,13 @@ class TrainerConfig(StrictModel):
     # weights, optimizer state, losses and acting stay fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_interval: int = Field(10, ge=1)  # epochs
-    torch_threads: int = Field(1, ge=1)  # while acting (the env steps then, in this process)
-    # Torch threads during the PPO update, when no env is stepping. None (auto): the cores this
-    # process may use, split between DDP ranks on one machine (fiberlab.runtime.update_threads).
-    # Runs launched side by side (pipeline --jobs, sweeps) get 1 from their launcher.
+    # Torch threads while acting (rollout) and during the PPO update (no env is stepping then).
+    # None (auto): the cores this process may use, split between DDP ranks on one machine
+    # (fiberlab.runtime.trainer_threads); update_threads is never below torch_threads. Acting on
+    # one thread is the default (small per-step matrices: more threads cost more than they give);
+    # the conv recipes act on all cores. Runs launched side by side (pipeline --jobs, sweeps) get
+    # explicit shares from their launcher.
+    torch_threads: int | None = Field(1, ge=1)
     update_threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -4,9 +4,9 @@ Two things every CPU training loop here wants, each a one-time, process-wide cho
 
 - :func:`keep_freed_memory`: glibc keeps freed blocks instead of handing them back to the kernel,
   so the activations a training step allocates and frees every time are not page-faulted in anew.
-- :func:`update_threads`: how many torch threads the update phase may use. The env steps only
-  during the rollout, so while the network trains nothing else runs in the process and every core
-  it may use can work on the update's large matrices.
+- :func:`trainer_threads`: how many torch threads acting and the update may use. The env steps
+  in this process, between the network's calls, never at the same time, so while the network
+  trains nothing else runs and every core it may use can work on the update's large matrices.
 """
 from __future__ import annotations
 
@@ -44,14 +44,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def update_threads(requested: int | None, torch_threads: int, processes_per_node: int = 1) -> int:
-    """Torch threads for the PPO update: ``requested``, or (``None``, auto) this process's share of
-    the cores, ``available_cores() // processes_per_node`` (DDP ranks on one machine split them),
-    and never fewer than ``torch_threads``.
+def resolve_threads(requested: int | None, processes_per_node: int = 1, at_least: int = 1) -> int:
+    """A torch thread count: ``requested``, or (``None``, auto) this process's share of the cores,
+    ``available_cores() // processes_per_node`` (DDP ranks on one machine split them), and never
+    fewer than ``at_least``.
 
     Launchers that run several trainings side by side on one machine (``pipeline --jobs``, local
-    sweeps) pass an explicit value, since each run cannot see the others.
+    sweeps) pass explicit values, since each run cannot see the others.
     """
     if requested is not None:
-        return requested
-    return max(torch_threads, available_cores() // max(1, processes_per_node))
+        return max(requested, at_least)
+    return max(at_least, available_cores() // max(1, processes_per_node))
+
+
+def trainer_threads(torch_threads: int | None, update_threads: int | None, processes_per_node: int = 1) -> tuple[int, int]:
+    """(acting, update) thread counts of a training run: ``trainer.torch_threads`` while the env
+    steps and the network acts, ``trainer.update_threads`` (at least as many) for the PPO update."""
+    acting = resolve_threads(torch_threads, processes_per_node)
+    return acting, resolve_threads(update_threads, processes_per_node, at_least=acting)

@@ -107,7 +107,9 @@ def run_pipeline(
     result = PipelineResult(runs={stage: [] for stage in STAGES})
     progress = base.progress if workers <= 1 else "plain"  # parallel runs: no live bars over each other
     # parallel runs split the cores for their updates (a run cannot see the others; auto would take them all)
-    side_by_side = [f"trainer.update_threads={max(1, available_cores() // workers)}"] if workers > 1 and base.trainer.update_threads is None else []
+    share = max(1, available_cores() // workers)
+    side_by_side = [f"trainer.{key}={share}" for key in ("torch_threads", "update_threads")
+                    if workers > 1 and getattr(base.trainer, key) is None]
     stage_over = [f"trainer.total_timesteps={retrain}", f"progress={progress}", *side_by_side]
     runs = [f"{name}_seed{base.seed + s}" if seeds > 1 else name for s in range(seeds)]
 

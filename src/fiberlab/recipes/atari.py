@@ -21,5 +21,6 @@ def config(game: str = "BeamRider") -> TrainConfig:
             total_timesteps=10_000_000, bptt_horizon=16, minibatch_size=1024, update_epochs=3,
             learning_rate=4.1e-4, gamma=0.9906, gae_lambda=0.1453, clip_coef=0.5, vf_coef=0.99,
             ent_coef=0.011, max_grad_norm=0.94, checkpoint_interval=50,
+            torch_threads=None,  # conv policies act on every core too (docs/benchmarks.md, issue 16: +5-35 % SPS)
         ),
     )

@@ -22,6 +22,7 @@ import torch
 from fiberlab.config import EnvConfig, TrainConfig, apply_overrides
 from fiberlab.envs.base import VecEnv
 from fiberlab.errors import BadInput
+from fiberlab.runtime import resolve_threads
 
 EVAL_SEED_OFFSET = 12_345
 
@@ -110,7 +111,7 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, overrides: Iterabl
 
     cfg = checkpoint_run_config(path, overrides)
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.trainer.torch_threads)
+    torch.set_num_threads(resolve_threads(cfg.trainer.torch_threads))
     with evaluation_env(cfg) as env:
         policy = load(path, env_spec=env.spec, force=force).policy.to(device).eval()
         result = evaluate(policy, env, episodes, device, seed=cfg.seed, greedy=greedy)

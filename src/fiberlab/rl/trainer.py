@@ -31,7 +31,7 @@ from fiberlab.rl.callbacks import Callback, CallbackList, PeriodicCheckpoint
 from fiberlab.rl.logging import MetricsLogger, ProgressDisplay
 from fiberlab.rl.ppo import TrainingDiverged, ppo_update
 from fiberlab.rl.rollout import RolloutCollector
-from fiberlab.runtime import keep_freed_memory, update_threads
+from fiberlab.runtime import keep_freed_memory, trainer_threads
 from fiberlab.rl.run_dir import (
     checkpoint_name,
     default_run_name,
@@ -79,11 +79,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, initial_policy: RecurrentPolicy | None = None, initial_agent_step: int = 0, callbacks: Sequence[Callback] = ()) -> None:
         self.device = resolve_device(cfg.device)
-        torch.set_num_threads(cfg.trainer.torch_threads)
         keep_freed_memory()  # the update's activations are freed and allocated again every epoch
         self.dist = dist_utils.init_distributed(self.device)
-        # acting runs with torch_threads while the env steps; the update, with nothing else running, with these
-        self.update_threads = update_threads(cfg.trainer.update_threads, cfg.trainer.torch_threads, self.dist.local_world_size)
+        # acting (between env steps) and the update (nothing else running) each get their thread count
+        self.acting_threads, self.update_threads = trainer_threads(cfg.trainer.torch_threads, cfg.trainer.update_threads, self.dist.local_world_size)
+        torch.set_num_threads(self.acting_threads)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -156,7 +156,7 @@ class Trainer:
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"{first_line(e)}; last good checkpoint: {self._last_good_checkpoint()}") from e
                 finally:
-                    torch.set_num_threads(tc.torch_threads)
+                    torch.set_num_threads(self.acting_threads)
                 self.epoch += 1
                 self.agent_step += steps * self.dist.world_size
                 # 4. log: one metrics row per epoch, by name (metrics.jsonl, display, checkpoints hook here)

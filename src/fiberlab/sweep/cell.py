@@ -45,8 +45,6 @@ def run_cell(job: CellJob) -> CellResult:
     ``sps`` is the mean of the epochs' SPS after the first (the warm-up), as the training benchmark
     counts it; the exit code is what ``fiberlab train`` would return (2 bad input, 1 failed work).
     """
-    import torch
-
     from fiberlab.config import TrainConfig
     from fiberlab.errors import FiberlabError, first_line
     from fiberlab.rl.logging import read_metrics
@@ -55,7 +53,6 @@ def run_cell(job: CellJob) -> CellResult:
     t0 = time.time()
     try:
         cfg = TrainConfig.model_validate(job.config)
-        torch.set_num_threads(cfg.trainer.torch_threads)
         result = Trainer(cfg).train()
     except Exception as e:  # recorded in the index; the sweep goes on
         code = e.exit_code if isinstance(e, FiberlabError) else 1
