@@ -50,7 +50,7 @@ class PatchConv2d(nn.Conv2d):
             grid = offsets.view(h, w, c).permute(2, 0, 1) if channels_last else offsets.view(c, h, w)  # grid[c, y, x] = offset
             patches = grid.unfold(1, k, s).unfold(2, k, s)  # [C, OH, OW, k, k]
             index = patches.permute(1, 2, 3, 4, 0).reshape(-1)
-            self._indices[key] = None if torch.equal(index, offsets[: index.numel()]) and index.numel() == offsets.numel() else index
+            self._indices[key] = None if torch.equal(index, offsets) else index  # equal shapes and values only
         return self._indices[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,6 @@ from fiberlab.rl.callbacks import Callback, CallbackList, PeriodicCheckpoint
 from fiberlab.rl.logging import MetricsLogger, ProgressDisplay
 from fiberlab.rl.ppo import TrainingDiverged, ppo_update
 from fiberlab.rl.rollout import RolloutCollector
-from fiberlab.runtime import keep_freed_memory, trainer_threads
 from fiberlab.rl.run_dir import (
     checkpoint_name,
     default_run_name,
@@ -42,6 +41,7 @@ from fiberlab.rl.run_dir import (
     start_over,
     truncate_metrics,
 )
+from fiberlab.runtime import keep_freed_memory, trainer_threads
 
 
 @dataclass
