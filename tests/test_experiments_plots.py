@@ -64,6 +64,46 @@ def test_group_name():
     assert group_name("exp_seed12") == "exp" and group_name("exp") == "exp" and group_name("exp_seed1_x") == "exp_seed1_x"
     assert group_name("exp_seed2_epoch_977_continued") == group_name("exp_seed3_epoch_977_continued") == "exp_epoch_977_continued"
     assert group_name("exp_seed2_epoch_9_base_1_0.5_1.1_0.8_scratch") == "exp_epoch_9_base_1_0.5_1.1_0.8_scratch"
+    thr = {"linear": 0.35, "cnn": 0.25, "lstm": 0.5, "critic": 0.4}
+    with_target = {"thresholds": thr, "target": {"measure": "params", "fraction": 0.25}}
+    assert group_name("e_seed2_epoch_9_ablationsrandom0.35_0.25_0.5_0.4_draw1", with_target) == "e_epoch_9_ablationsrandom_target_params0.25_draw1"
+    assert group_name("e_seed2_epoch_9_base_0.35_0.25_0.5_0.4", {"thresholds": thr}) == "e_epoch_9_base_0.35_0.25_0.5_0.4"  # no target: thresholds stay
+    assert group_name("e_seed2_epoch_9_base_0.9_0.25_0.5_0.4", with_target) == "e_epoch_9_base_0.9_0.25_0.5_0.4"  # name and report disagree: left alone
+
+
+def target_report(kind, seed, thr, nf):
+    r = report(kind, f"exp_seed{seed}", nf=nf, pf=nf + 0.05)
+    r["thresholds"] = dict(zip(("linear", "cnn", "lstm", "critic"), thr))
+    r["target"] = {"measure": "nodes", "fraction": 0.2, "reached": nf, "scale": thr[2]}
+    return r
+
+
+def test_runs_collapsed_to_one_target_group_across_seeds_whatever_their_thresholds(tmp_path):
+    """Each seed's target search finds its own thresholds, which the run names carry; compare must
+    still pool the seeds per kind (n = 3), and keep runs made with hand-set thresholds apart."""
+    td = tmp_path / "td"
+    seeds = {1: (0.3052, 0.218, 0.436, 0.3488), 2: (0.35, 0.25, 0.5, 0.4), 3: (0.2779, 0.1985, 0.397, 0.3176)}
+    dirs = []
+    for seed, thr in seeds.items():
+        tail = "_".join(f"{t:g}" for t in thr)
+        dirs.append(make_run(td, f"exp_seed{seed}", STEPS, [10.0 + seed] * 20, seed=seed))
+        dirs.append(make_run(td, f"exp_seed{seed}_epoch_20_base_{tail}", AFTER, [8.0 + seed] * 20, target_report("collapsed", seed, thr, 0.19 + seed / 100)))
+        dirs.append(make_run(td, f"exp_seed{seed}_epoch_20_ablationsrandom{tail}", AFTER, [7.0] * 20, target_report("ablation", seed, thr, 0.2)))
+        dirs.append(make_run(td, f"exp_seed{seed}_epoch_20_base_{tail}_scratch", STEPS, [5.0] * 20, target_report("scratch", seed, thr, 0.2)))
+    hand = report("collapsed", "exp_seed1")
+    hand["thresholds"] = {"linear": 0.7, "cnn": 0.5, "lstm": 1.0, "critic": 0.8}
+    dirs.append(make_run(td, "exp_seed1_epoch_20_base_0.7_0.5_1_0.8", AFTER, [1.0] * 20, hand))
+    _, _, md_path, summary_path = compare_runs(dirs, tmp_path / "cmp.png")
+    rows = {r["group"]: r for r in read_csv(summary_path)}
+    assert set(rows) == {"exp", "exp_epoch_20_base_target_nodes0.2", "exp_epoch_20_ablationsrandom_target_nodes0.2",
+                         "exp_epoch_20_base_target_nodes0.2_scratch", "exp_epoch_20_base_0.7_0.5_1_0.8"}
+    assert [rows[g]["n"] for g in sorted(rows)] == ["3", "3", "1", "3", "3"]
+    collapsed = rows["exp_epoch_20_base_target_nodes0.2"]
+    assert collapsed["kind"] == "collapsed" and float(collapsed["final_mean"]) == pytest.approx(10.0)
+    assert float(collapsed["node_fraction_mean"]) == pytest.approx(0.21)  # (0.20 + 0.21 + 0.22) / 3
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # finals 9, 10, 11: sd 1
+    assert float(collapsed["final_hi"]) - float(collapsed["final_mean"]) == pytest.approx(half)
+    assert "| exp_epoch_20_base_target_nodes0.2 | collapsed | 3 |" in md_path.read_text()
 
 
 def test_compare_groups_seeds_places_scratch_and_writes_files(tmp_path, runs):
@@ -207,3 +247,29 @@ def test_fibers_over_time_one_row_per_checkpoint(tmp_path):
     (tmp_path / "bare").mkdir()
     with pytest.raises(BadInput, match="no checkpoints"):
         write_fibers_over_time(tmp_path / "bare", None)
+
+
+def test_random_play_reference_is_measured_on_the_runs_env_and_reported(tmp_path):
+    """RepeatPreviousEasy (the demo recipe's env): uniform play earns -0.5 per episode in expectation
+    (reward +-1/n per step, right with probability 1/4), so the reference must land near it, be
+    drawn from the original run's config, and appear in both tables."""
+    from fiberlab.recipes import get_recipe
+
+    td = tmp_path / "td"
+    orig = make_run(td, "demo_seed1", STEPS, [0.9] * 20, seed=1)
+    (orig / "config.json").write_text(get_recipe("demo").model_dump_json())
+    _, _, md_path, summary_path = compare_runs([orig], tmp_path / "r.png", random_episodes=64)
+    row = next(r for r in read_csv(summary_path) if r["kind"] == "random")
+    assert row["final_n"] == "64" and "popgym" in row["group"]
+    assert float(row["final_lo"]) < -0.5 < float(row["final_hi"]) and float(row["final_hi"]) - float(row["final_lo"]) < 0.2
+    assert "Random play (uniform actions) on popgym" in md_path.read_text()
+    _, _, md_path, summary_path = compare_runs([orig], tmp_path / "n.png")  # default: none
+    assert "Random play" not in md_path.read_text() and all(r["kind"] != "random" for r in read_csv(summary_path))
+
+
+def test_random_play_reference_needs_a_readable_run_config(tmp_path):
+    run = make_run(tmp_path, "x", STEPS, [1.0] * 20)
+    (run / "config.json").write_text('{"env": 5}')
+    with pytest.raises(BadInput, match="config.json.*--random-episodes 0"):
+        compare_runs([run], tmp_path / "x.png", random_episodes=4)
+    assert not (tmp_path / "x.png").exists()

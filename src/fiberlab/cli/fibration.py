@@ -166,7 +166,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise BadInput("no runs given: name at least one run (under --train-dir) or run folder")
     if not args.out.lower().endswith(".png"):
         raise BadInput(f"bad value {args.out!r} for --out: a FILE.png path is allowed")
-    png, csv, md, summary = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out)
+    if args.random_episodes < 0:
+        raise BadInput(f"bad value {args.random_episodes} for --random-episodes: an integer >= 0 is allowed (0: no random-play line)")
+    png, csv, md, summary = compare_runs([f"{train_dir}/{r}" if "/" not in r else r for r in runs], args.out, args.random_episodes)
     print(f"png: {png}\ncsv: {csv}\nmd:  {md}\nsummary csv: {summary}")
     return 0
 
@@ -222,6 +224,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="return against agent steps of several runs: PNG, CSV and markdown table")
     p.add_argument("runs", nargs="+", help="run names (under --train-dir) or run folders; train_dir=DIR is the same as --train-dir")
     p.add_argument("--out", required=True, help="FILE.png (FILE.csv and FILE.md are written next to it)")
+    p.add_argument("--random-episodes", type=int, default=32, metavar="N",
+                   help="episodes of uniform random play on the runs' env, drawn as the floor line and put in the tables (default 32; 0: none)")
     p.add_argument("--train-dir", help=TRAIN_DIR_HELP)
     p.set_defaults(func=cmd_compare, _kv_into="runs")  # a train_dir=DIR after --out joins the runs
     p = sub.add_parser("pipeline", help="fiberlab pipeline fibration RECIPE: baseline, original continued, collapse, ablation, scratch, compare; "

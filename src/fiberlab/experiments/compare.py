@@ -29,6 +29,7 @@ import numpy as np
 from fiberlab.atomic import save_figure_atomic, write_text_atomic
 from fiberlab.errors import BadInput
 from fiberlab.experiments.collapse_report import read_report
+from fiberlab.experiments.fibration_runs import threshold_tail
 from fiberlab.intervals import t_interval
 from fiberlab.rl.logging import read_metrics
 
@@ -42,10 +43,27 @@ CONFIDENCE = 0.95
 ZERO_SHOT_KINDS = ("collapsed", "ablation")  # kinds whose report holds the zero-shot return right after the collapse
 
 
-def group_name(run_name: str) -> str:
+def group_name(run_name: str, report: dict[str, Any] | None = None) -> str:
     """``exp_seed3`` -> ``exp`` and ``exp_seed3_epoch_9_continued`` -> ``exp_epoch_9_continued`` (the
-    runs the pipeline derives from each seed's baseline group across seeds); other names are their own group."""
-    return SEED_RE.sub("", run_name)
+    runs the pipeline derives from each seed's baseline group across seeds); other names are their own group.
+
+    A run collapsed (or ablated, or its scratch twin) to a target size carries its own seed's
+    thresholds in its name; with its ``report`` the thresholds are replaced by the target, e.g.
+    ``exp_seed2_epoch_9_base_0.35_0.25_0.5_0.4`` -> ``exp_epoch_9_base_target_nodes0.2`` (and
+    ``..._ablationsrandom_target_nodes0.2``), so the seeds
+    made with one target form one group. Runs made with thresholds given by hand keep them: two
+    threshold settings are two groups.
+    """
+    name = SEED_RE.sub("", run_name)
+    target, thresholds = (report or {}).get("target"), (report or {}).get("thresholds")
+    if isinstance(target, dict) and isinstance(thresholds, dict) and target.get("fraction") is not None:
+        try:
+            tail = threshold_tail(thresholds)
+        except (KeyError, TypeError, ValueError):
+            return name
+        label = f"target_{target.get('measure', 'nodes')}{float(target['fraction']):g}"
+        name = re.sub(rf"_(base_|ablationsrandom){re.escape(tail)}(?=$|_)", lambda m: f"_{m.group(1).rstrip('_')}_{label}", name)
+    return name
 
 
 def smooth(values: np.ndarray) -> np.ndarray:
@@ -178,13 +196,13 @@ def _grid(runs: list[RunCurve]) -> np.ndarray:
 
 
 def build_groups(run_dirs: list[str | Path]) -> list[Group]:
-    """Load and group runs (by name without ``_seed<N>``, and by kind), in first-seen order."""
+    """Load and group runs (by :func:`group_name`, and by kind), in first-seen order."""
     if not run_dirs:
         raise BadInput("no runs given")
     groups: dict[tuple[str, str], Group] = {}
     for d in run_dirs:
         run = load_run(d)
-        key = (group_name(run.name), run.kind)
+        key = (group_name(run.name, run.report), run.kind)
         groups.setdefault(key, Group(key[0], run.kind)).runs.append(run)
     names = [g.name for g in groups.values()]
     for g in groups.values():
@@ -280,6 +298,38 @@ def summarize(groups: list[Group]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class RandomPlay:
+    """Uniform random play on the compared runs' env: the floor every return is read against.
+    ``estimate``: mean return with its 95 % normal interval over ``estimate.n`` episodes (one
+    policy, so the spread is over episodes, not seeds)."""
+
+    env: str
+    estimate: Estimate
+
+
+def random_reference(groups: list[Group], episodes: int) -> RandomPlay | None:
+    """:func:`fiberlab.rl.evaluate.random_play` on the env of the first original run (else the first
+    run), from its ``config.json``; None when ``episodes`` is 0. BadInput when that config is missing
+    or unreadable."""
+    if episodes <= 0:
+        return None
+    from pydantic import ValidationError
+
+    from fiberlab.config import TrainConfig
+    from fiberlab.rl.evaluate import random_play
+
+    run = next((g.runs[0] for g in groups if g.kind == "original"), groups[0].runs[0])
+    path = run.path / "config.json"
+    try:
+        cfg = TrainConfig.model_validate_json(path.read_text())
+    except (OSError, ValueError, ValidationError) as e:
+        raise BadInput(f"cannot read {path} for the random-play reference ({type(e).__name__}); pass --random-episodes 0 to skip it") from None
+    res = random_play(cfg, episodes)
+    mean, half = res["mean_return"], res["ci95_return"]
+    return RandomPlay(cfg.env.name, Estimate(mean, mean - half, mean + half, res["episodes"]))
+
+
 def _reach(s: dict[str, Any]) -> str:
     """The steps-to-90 % cell: a number, or why there is none."""
     if s["kind"] == "original":
@@ -295,7 +345,7 @@ INTERVAL_NOTE = (
 )
 
 
-def _markdown(summary: list[dict[str, Any]]) -> str:
+def _markdown(summary: list[dict[str, Any]], random: RandomPlay | None = None) -> str:
     lines = [
         "# Run comparison", "", INTERVAL_NOTE, "",
         (
@@ -313,6 +363,9 @@ def _markdown(summary: list[dict[str, Any]]) -> str:
             f"{'—' if s['collapse_step'] is None else s['collapse_step']} | {_reach(s)} | "
             f"{s['node_fraction'].text('.3f')} | {s['param_fraction'].text('.3f')} |"
         )
+    if random is not None:
+        lines += ["", (f"Random play (uniform actions) on {random.env}: {random.estimate.text()} over "
+                       f"{random.estimate.n} episodes (95 % normal interval over episodes): the floor to read the returns against.")]
     zero = [s for s in summary if s["kind"] in ZERO_SHOT_KINDS]
     if zero:
         lines += [
@@ -344,8 +397,13 @@ def _csv(groups: list[Group]) -> str:
 ESTIMATES = ("final", "node_fraction", "param_fraction", "zero_shot", "original_zero_shot")
 
 
-def _summary_csv(summary: list[dict[str, Any]]) -> str:
-    """The tables' numbers: one row per group, each averaged figure as ``<name>_mean, _lo, _hi, _n``."""
+def _summary_csv(summary: list[dict[str, Any]], random: RandomPlay | None = None) -> str:
+    """The tables' numbers: one row per group, each averaged figure as ``<name>_mean, _lo, _hi, _n``;
+    random play as a row of kind ``random`` (its n and final_n count episodes)."""
+    if random is not None:
+        summary = [*summary, {"group": f"random play ({random.env})", "kind": "random", "n": random.estimate.n,
+                              "final": random.estimate, "collapse_step": None, "original_final": None, "steps_to_90": None,
+                              **{name: NO_ESTIMATE for name in ESTIMATES[1:]}}]
     rows = [{"group": s["group"], "kind": s["kind"], "n": s["n"], "collapse_step": s["collapse_step"],
              "original_final": s["original_final"], "steps_to_90": s["steps_to_90"],
              **{k: v for name in ESTIMATES for k, v in s[name].columns(name).items()}} for s in summary]
@@ -356,10 +414,13 @@ def _summary_csv(summary: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path, Path, Path, Path]:
+def compare_runs(run_dirs: list[str | Path], out_png: str | Path, random_episodes: int = 0) -> tuple[Path, Path, Path, Path]:
     """Plot several runs (seed groups averaged) and write ``out_png`` plus ``<out>.csv`` (per group:
     step grid, mean, 95 % interval, n seeds there), ``<out>.md`` (summary and zero-shot tables) and
     ``<out>_summary.csv`` (the tables' numbers). Returns (png, csv, md, summary csv).
+
+    ``random_episodes`` > 0: also play that many episodes of uniform random actions on the runs'
+    env (:func:`random_reference`) and show that return as a line on the figure and in both tables.
 
     Raises BadInput (one line) for an unknown run folder or one without returns in its metrics.
     """
@@ -370,6 +431,7 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
 
     groups = build_groups(list(run_dirs))
     summary = summarize(groups)
+    random = random_reference(groups, random_episodes)
     png = Path(out_png)
     png.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = png.with_suffix(".csv"), png.with_suffix(".md")
@@ -387,6 +449,8 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
         ax.plot(g.grid, g.mean, color=color, ls=ls, lw=1.8, label=f"{g.name} [{g.kind}] (n={len(g.runs)})")
         if len(g.runs) > 1:  # nan (fewer than two seeds at a step) leaves a gap in the band
             ax.fill_between(g.grid, g.lo, g.hi, color=color, alpha=0.18, lw=0)
+    if random is not None:
+        ax.axhline(random.estimate.mean, color="black", ls="--", lw=1.0, alpha=0.6, label=f"random play (n={random.estimate.n} episodes)")
     for step in sorted({g.collapse_step for g in groups if g.collapse_step is not None}):
         ax.axvline(step, color="black", ls=":", lw=1.2)
         ax.annotate(f"collapse @ {step:,}", (step, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
@@ -399,6 +463,6 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path) -> tuple[Path,
     fig.tight_layout()
     save_figure_atomic(fig, png)
     write_text_atomic(csv_path, _csv(groups))
-    write_text_atomic(md_path, _markdown(summary))
-    write_text_atomic(summary_path, _summary_csv(summary))
+    write_text_atomic(md_path, _markdown(summary, random))
+    write_text_atomic(summary_path, _summary_csv(summary, random))
     return png, csv_path, md_path, summary_path

@@ -148,6 +148,6 @@ def run_pipeline(
     _execute(jobs, workers, log)
 
     all_runs = [Path(train_dir) / r for stage in STAGES for r in result.runs[stage]]
-    png, *_ = compare_runs(all_runs, Path(train_dir) / f"{name}_compare.png")
+    png, *_ = compare_runs(all_runs, Path(train_dir) / f"{name}_compare.png", random_episodes=eval_episodes)
     result.figure = Path(png)
     return result

@@ -72,9 +72,19 @@ def _fmt(t: float) -> str:
     return f"{t:g}"
 
 
+THRESHOLD_KEYS = ("linear", "cnn", "lstm", "critic")
+
+
+def threshold_tail(thr: Thresholds | dict[str, float]) -> str:
+    """``<lin>_<cnn>_<lstm>_<crit>``: the thresholds as run names carry them (from the dataclass or
+    from a report's ``thresholds`` dict)."""
+    get = thr.get if isinstance(thr, dict) else lambda k: getattr(thr, k)
+    return "_".join(_fmt(float(get(k))) for k in THRESHOLD_KEYS)
+
+
 def run_names(exp: str, epoch: int, thr: Thresholds) -> tuple[str, str]:
     """(collapsed, ablation) run names for checkpoint ``epoch`` of ``exp`` at ``thr``."""
-    tail = "_".join(_fmt(getattr(thr, k)) for k in ("linear", "cnn", "lstm", "critic"))
+    tail = threshold_tail(thr)
     return f"{exp}_epoch_{epoch}_base_{tail}", f"{exp}_epoch_{epoch}_ablationsrandom{tail}"
 
 

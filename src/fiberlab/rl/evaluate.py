@@ -81,6 +81,30 @@ def evaluate_in(policy: torch.nn.Module, cfg: TrainConfig, episodes: int, greedy
         return evaluate(policy.to(device).eval(), env, episodes, device, seed=cfg.seed, greedy=greedy)
 
 
+class UniformPolicy(torch.nn.Module):
+    """Uniform random play over ``num_actions`` actions (zero logits), stateless: the floor a trained
+    agent's return is read against. It has :meth:`init_state` and :meth:`step` so that
+    :func:`evaluate` plays it exactly as it plays a policy (same episodes, seeds and sampling)."""
+
+    def __init__(self, num_actions: int) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> None:
+        return None
+
+    def step(self, obs: torch.Tensor, state: None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, None]:
+        n = obs.shape[0]
+        return torch.zeros(n, self.num_actions), torch.zeros(n), None
+
+
+def random_play(cfg: TrainConfig, episodes: int) -> dict:
+    """:func:`evaluate` of :class:`UniformPolicy` on ``cfg``'s evaluation env (seeded as for the
+    zero-shot returns): mean return and ``ci95_return`` over ``episodes`` episodes."""
+    with evaluation_env(cfg) as env:
+        return evaluate(UniformPolicy(env.spec.num_actions), env, episodes, "cpu", seed=cfg.seed)
+
+
 def checkpoint_run_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
     """The run config a checkpoint records, with ``overrides`` applied (header only, nothing loaded).
 
