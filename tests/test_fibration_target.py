@@ -91,6 +91,25 @@ def test_not_fooled_by_a_non_monotone_fraction(monkeypatch):
     assert len(r.evaluations) <= MAX_EVALS
 
 
+def test_a_miss_caused_by_a_jump_is_explained(monkeypatch):
+    """f jumps from 0.36 to 0.05 between adjacent grid scales (as a demo agent's did): the closest
+    (0.05, 0.15 away from 0.2 against 0.16) is returned, and the report names the jump; a near hit
+    names none."""
+    def f(s):
+        return 1.0 if s < 0.5 else 0.36 if s < 1.257 else 0.05
+
+    monkeypatch.setattr(target_mod, "find_fibers", lambda policy, thr: thr)
+    monkeypatch.setattr(target_mod, "kept_fractions", lambda policy, thr: (f(thr.lstm), f(thr.lstm)))
+    r = search_thresholds(None, Target(0.2))
+    assert r.reached == 0.05 and r.best.scale == pytest.approx(1.257)
+    a, b = r.jump()
+    assert (a.scale, a.node_fraction, b.scale, b.node_fraction) == (pytest.approx(1.256), 0.36, pytest.approx(1.257), 0.05)
+    assert "jumps from 36.0% at scale 1.256 to 5.0% at 1.257" in r.describe()
+    assert r.to_dict()["jump"][0]["node_fraction"] == 0.36
+    near = search_thresholds(None, Target(0.33))
+    assert near.reached == 0.36 and near.jump() is None and "jumps" not in near.describe() and near.to_dict()["jump"] is None
+
+
 @pytest.mark.parametrize("value", [0, -0.1, 1.5, float("nan"), float("inf"), "abc", None])
 def test_bad_fraction(value):
     with pytest.raises(BadInput, match="a fraction in \\(0, 1\\] is allowed"):

@@ -23,7 +23,9 @@ result can jump either way. So bisection alone is not trusted:
 
 Limits: crossings between two scan points that cancel out (down and back up) are not seen; the
 fraction moves in jumps (one fiber more or less in a layer of a few fibers is many nodes), so the
-closest reachable fraction may be several points from ``F``; and the result is the closest among
+closest reachable fraction may be several points from ``F`` (a miss of more than ``JUMP_NOTE`` is
+reported with the jump that causes it: two scales one grid step apart whose fractions straddle
+``F``, e.g. 35.9 % and 5.1 % of a ``demo`` agent's nodes at scales 1.256 and 1.257); and the result is the closest among
 the scales evaluated, not a global optimum. Callers report the fraction reached, not the target.
 Cost: at most ``MAX_EVALS`` calls of :func:`find_fibers` (about 0.1 s each on ``fast``, 1 s on
 ``atari``); counting parameters builds the collapsed config on the meta device (no memory, no RNG).
@@ -48,6 +50,7 @@ SCAN = 5  # evenly spaced scales evaluated first (both ends included)
 MAX_EVALS = 24
 THRESHOLD_TYPES = ("linear", "cnn", "lstm", "critic")
 MEASURES = {"nodes": "hidden nodes", "params": "parameters"}
+JUMP_NOTE = 0.05  # a miss larger than this (as a fraction) is explained: where the fraction jumps over the target
 
 
 def check_fraction(value: Any, name: str = "target") -> float:
@@ -111,12 +114,26 @@ class TargetResult:
         """The fraction of the target's measure that the thresholds found keep."""
         return self.best.fraction(self.target.measure)
 
+    def jump(self) -> tuple[Evaluation, Evaluation] | None:
+        """The two evaluations one grid step apart whose fractions straddle the target, nearest it
+        (the fraction jumps across the target there, so no scale of these ratios lands in between),
+        when the fraction reached misses the target by more than ``JUMP_NOTE``; else None."""
+        if abs(self.reached - self.target.fraction) <= JUMP_NOTE:
+            return None
+        m, f = self.target.measure, self.target.fraction
+        by_step = {round(e.scale * GRID): e for e in self.evaluations}
+        pairs = [(by_step[k], by_step[k + 1]) for k in sorted(by_step) if k + 1 in by_step
+                 and (by_step[k].fraction(m) - f) * (by_step[k + 1].fraction(m) - f) < 0]
+        return min(pairs, key=lambda p: abs(p[0].fraction(m) - f) + abs(p[1].fraction(m) - f)) if pairs else None
+
     def to_dict(self) -> dict[str, Any]:
         """What ``collapse_report.json`` records under ``target`` (plain JSON)."""
+        jump = self.jump()
         return {
             "measure": self.target.measure, "fraction": self.target.fraction, "reached": self.reached,
             "scale": self.best.scale, "base_thresholds": self.base.model_dump(),
             "evaluations": [e.to_dict() for e in self.evaluations],
+            "jump": None if jump is None else [e.to_dict() for e in jump],
         }
 
     def describe(self) -> str:
@@ -125,7 +142,17 @@ class TargetResult:
         ratios = "/".join(f"{getattr(self.base, k):g}" for k in THRESHOLD_TYPES)
         return (f"target {self.target.fraction:.1%} of the {MEASURES[self.target.measure]}: reached "
                 f"{self.best.node_fraction:.1%} of the hidden nodes and {self.best.param_fraction:.1%} of the parameters "
-                f"at thresholds {thr} (= {self.best.scale:g} x {ratios}; {len(self.evaluations)} collapses evaluated)")
+                f"at thresholds {thr} (= {self.best.scale:g} x {ratios}; {len(self.evaluations)} collapses evaluated)"
+                + self._jump_text())
+
+    def _jump_text(self) -> str:
+        jump = self.jump()
+        if jump is None:
+            return ""
+        m = self.target.measure
+        (a, b) = jump
+        return (f"; the fraction jumps from {a.fraction(m):.1%} at scale {a.scale:g} to {b.fraction(m):.1%} at {b.scale:g}, "
+                f"so these ratios cannot land nearer: set the thresholds by hand (or other ratios) for a size in between")
 
 
 def scaled(base: Thresholds, scale: float) -> Thresholds:
