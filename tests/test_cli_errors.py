@@ -125,6 +125,7 @@ BAD = [
     (["compare", "a", "--out", "x.txt"], 2, "--out"),
     (["compare", "a", "--out", "x.png"], 2, "a"),
     (["compare", "a", "--out", "x.png", "train_dir=q"], 2, "q/a"),
+    (["compare", "a", "--out", "x.png", "--random-episodes", "-1"], 2, "--random-episodes"),
     (["pipeline", "other", "demo"], 2, "unknown pipeline 'other'"),
     (["pipeline", "fibration", "demo", "--seeds", "0"], 2, "--seeds"),
     (["pipeline", "fibration", "demo", "--jobs", "0"], 2, "--jobs"),

@@ -1,7 +1,9 @@
 """Return against agent steps of several runs on one plot, seeds averaged (the Metta validation plot).
 
 Runs whose names differ only by a ``_seed<N>`` (trailing, or before ``_epoch_<E>_`` in a run derived
-from a seed's checkpoint), or share a name across train_dirs, form one group: each seed's return curve is smoothed (trailing moving mean over ``len // 20`` epochs, as in
+from a seed's checkpoint), or share a name across train_dirs, form one group (runs collapsed or
+ablated to a target size are grouped by the target, not by each seed's own thresholds:
+:func:`group_name`): each seed's return curve is smoothed (trailing moving mean over ``len // 20`` epochs, as in
 the learning-curve plot), interpolated onto the group's step grid, and averaged; the band is the
 95 % Student-t interval of that mean over the seeds present at that step (where there are at least
 two). Kind comes from ``collapse_report.json`` ("original" without it); scratch runs are placed at
@@ -12,7 +14,8 @@ is an :class:`Estimate`: the mean, its 95 % t-interval over the seeds' values
 (:func:`fiberlab.intervals.t_interval`: mean ± t_{0.975, n-1} · sd / √n) and n; one seed gives the
 value alone (no spread can be estimated). Outputs: the figure, ``FILE.csv`` (the curves: mean, lo,
 hi, n per step), ``FILE.md`` (the tables) and ``FILE_summary.csv`` (the tables' numbers, one
-mean/lo/hi/n column set per figure).
+mean/lo/hi/n column set per figure). With ``random_episodes``, uniform random play on the runs' env
+is measured in the same call, drawn as the floor line, and given in FILE.md and FILE_summary.csv.
 """
 from __future__ import annotations
 
@@ -50,9 +53,8 @@ def group_name(run_name: str, report: dict[str, Any] | None = None) -> str:
     A run collapsed (or ablated, or its scratch twin) to a target size carries its own seed's
     thresholds in its name; with its ``report`` the thresholds are replaced by the target, e.g.
     ``exp_seed2_epoch_9_base_0.35_0.25_0.5_0.4`` -> ``exp_epoch_9_base_target_nodes0.2`` (and
-    ``..._ablationsrandom_target_nodes0.2``), so the seeds
-    made with one target form one group. Runs made with thresholds given by hand keep them: two
-    threshold settings are two groups.
+    ``..._ablationsrandom_target_nodes0.2``), so the seeds made with one target form one group.
+    Runs made with thresholds given by hand keep them: two threshold settings are two groups.
     """
     name = SEED_RE.sub("", run_name)
     target, thresholds = (report or {}).get("target"), (report or {}).get("thresholds")
@@ -420,7 +422,7 @@ def compare_runs(run_dirs: list[str | Path], out_png: str | Path, random_episode
     ``<out>_summary.csv`` (the tables' numbers). Returns (png, csv, md, summary csv).
 
     ``random_episodes`` > 0: also play that many episodes of uniform random actions on the runs'
-    env (:func:`random_reference`) and show that return as a line on the figure and in both tables.
+    env (:func:`random_reference`) and show that return as a line on the figure, in the markdown and in the summary CSV.
 
     Raises BadInput (one line) for an unknown run folder or one without returns in its metrics.
     """
