@@ -45,6 +45,51 @@ def test_patch_conv_equals_conv2d(c_in, c_out, k, s, hw, channels_last):
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("c_in,c_out,k,s,hw", [(34, 8, 5, 3, (11, 11)), (2, 4, 4, 2, (9, 7)), (3, 3, 2, 2, (5, 6))])
+def test_patch_conv_strided_copy_path_equals_conv2d(c_in, c_out, k, s, hw, monkeypatch):
+    """A channels-last input that needs no gradient (observations) takes the strided-copy gather,
+    not index_select; outputs and parameter gradients still equal nn.Conv2d's."""
+    ref, ours = _pair(c_in, c_out, k, s)
+    x = torch.randn(3, c_in, *hw, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select", lambda self, *a: calls.append(a) or real(self, *a))
+    ya, yb = ref(x), ours(x)
+    assert not calls  # the strided copy ran
+    torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
+    ours(x.contiguous())  # NCHW input: the element gather
+    assert calls
+
+
+def test_fast_policy_hands_its_convs_channels_last_observations_and_acts_the_same():
+    """fast (patch convs) scales observations into channels-last memory; the logits and values
+    equal those of the same weights with plain nn.Conv2d reading NCHW (float64)."""
+    cfg = PolicyConfig(name="fast", obs_shape=[34, 11, 11], num_actions=5, obs_scale=[255.0] * 34)
+    torch.manual_seed(0)
+    fast = build_policy(cfg).double()
+    assert fast._obs_format == torch.channels_last
+    plain = build_policy(cfg).double()
+    for i, m in enumerate(plain.encoder[0]):
+        if isinstance(m, PatchConv2d):  # swap in nn.Conv2d with the same weights
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride).double()
+            plain.encoder[0][i] = conv
+    plain._obs_format = torch.preserve_format
+    plain.load_state_dict(fast.state_dict())
+    obs = torch.randint(0, 256, (6, 34, 11, 11), dtype=torch.uint8)
+    fast.obs_scale, plain.obs_scale = fast.obs_scale.double(), plain.obs_scale.double()
+    with torch.no_grad():
+        (la, va, _), (lb, vb, _) = fast.step(obs), plain.step(obs)
+    torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-10)
+    atari = build_policy(PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9))
+    assert atari._obs_format == torch.preserve_format  # oneDNN convs keep NCHW
+
+
 def test_patch_conv_chains_through_channels_last_without_a_gather():
     """fast's second conv covers the whole 3x3 map: it reads the first conv's channels-last output
     as it lies in memory (no index), and the chain still equals two nn.Conv2d."""

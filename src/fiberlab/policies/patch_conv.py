@@ -10,7 +10,11 @@ So the convolution is written as what it is::
                   = (P W_flat^T)[(b, i, j), o]       P[(b, i, j), (u, v, c)] = x[b, c, s i + u, s j + v]
 
 ``P`` (the patches) is gathered with one ``index_select`` over the flattened input, the index made
-once per input shape and layout. The output is returned as an ``[B, O, OH, OW]`` view of
+once per input shape and layout. From a channels-last input that needs no gradient (the first
+conv, reading observations: the policy hands them over channels-last when it has patch convs),
+each patch row is k runs of ``k C`` contiguous numbers, and one strided copy of the unfolded view
+does the gather 2-3x faster than ``index_select`` (0.26 against 0.09 ms at B=48, 33 against 17 ms
+at B=1536, 2 threads); with a gradient to the input, ``index_select``'s backward is the faster one. The output is returned as an ``[B, O, OH, OW]`` view of
 channels-last memory, so a following ``PatchConv2d`` reads it without a copy (its patches are then
 runs of C contiguous numbers; where a kernel covers the whole map, as ``fast``'s second conv
 does, no gather is needed at all).
@@ -62,7 +66,12 @@ class PatchConv2d(nn.Conv2d):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(b, c * h * w)
         index = self._index(c, h, w, channels_last, x.device)
-        patches = flat if index is None else flat.index_select(1, index)
+        if index is None:
+            patches = flat
+        elif channels_last and not x.requires_grad:  # a strided copy of runs of k*C numbers (below)
+            patches = x.permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, k * k * c)
+        else:
+            patches = flat.index_select(1, index)
         weight = self.weight.permute(0, 2, 3, 1).reshape(o, k * k * c)  # columns in P's (u, v, c) order
         y = F.linear(patches.view(b * oh * ow, k * k * c), weight, self.bias)
         return y.view(b, oh, ow, o).permute(0, 3, 1, 2)

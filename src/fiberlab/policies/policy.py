@@ -9,6 +9,7 @@ from torch import nn
 
 from fiberlab.config import PolicyConfig
 from fiberlab.policies.cores import State
+from fiberlab.policies.patch_conv import PatchConv2d
 
 
 class RecurrentPolicy(nn.Module):
@@ -26,6 +27,10 @@ class RecurrentPolicy(nn.Module):
         self.actor = actor
         self.critic = critic
         self.register_buffer("obs_scale", self._obs_scale(), persistent=False)
+        # image observations go to patch convs channels-last: their first gather is then a strided
+        # copy instead of an element gather (policies/patch_conv.py); the values are the same
+        patch_convs = any(isinstance(m, PatchConv2d) for m in encoder.modules())
+        self._obs_format = torch.channels_last if patch_convs and len(config.obs_shape or []) == 3 else torch.preserve_format
 
     def _obs_scale(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The divisor of raw observations, from the config (one per image channel or one in all)."""
@@ -44,7 +49,7 @@ class RecurrentPolicy(nn.Module):
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw observations (any leading batch dims) -> features; scaling happens here."""
         lead = obs.shape[: obs.dim() - len(self.config.obs_shape)]
-        x = obs.reshape(-1, *self.config.obs_shape).to(torch.float32) / self.obs_scale
+        x = obs.reshape(-1, *self.config.obs_shape).to(torch.float32, memory_format=self._obs_format) / self.obs_scale
         return self.encoder(x).reshape(*lead, -1)
 
     def forward(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
