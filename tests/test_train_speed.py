@@ -90,6 +90,24 @@ def test_fast_policy_hands_its_convs_channels_last_observations_and_acts_the_sam
     assert atari._obs_format == torch.preserve_format  # oneDNN convs keep NCHW
 
 
+def test_patch_conv_acting_weight_cache_follows_optimizer_steps():
+    """The reordered weight kept while acting is rebuilt after an optimizer step changes the weight."""
+    ref, ours = _pair(34, 8, 5, 3)
+    x = torch.randn(2, 34, 11, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    for _ in range(2):
+        with torch.inference_mode():
+            first = ours(x)
+            torch.testing.assert_close(ours(x), first)  # the kept weight gives the same output
+        ours(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        ref.load_state_dict(ours.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-12, atol=1e-12)
+            assert not torch.allclose(ours(x), first)
+
+
 def test_patch_conv_chains_through_channels_last_without_a_gather():
     """fast's second conv covers the whole 3x3 map: it reads the first conv's channels-last output
     as it lies in memory (no index), and the chain still equals two nn.Conv2d."""

@@ -14,7 +14,10 @@ once per input shape and layout. From a channels-last input that needs no gradie
 conv, reading observations: the policy hands them over channels-last when it has patch convs),
 each patch row is k runs of ``k C`` contiguous numbers, and one strided copy of the unfolded view
 does the gather 2-3x faster than ``index_select`` (0.26 against 0.09 ms at B=48, 33 against 17 ms
-at B=1536, 2 threads); with a gradient to the input, ``index_select``'s backward is the faster one. The output is returned as an ``[B, O, OH, OW]`` view of
+at B=1536, 2 threads); with a gradient to the input, ``index_select``'s backward is the faster one.
+The weight reordered into P's column order is a copy; while acting (no autograd) it is kept until
+the weight changes (:class:`~fiberlab.cortex.kernels.step_tables.StepTables`, as the cortex cells
+keep their step tables). The output is returned as an ``[B, O, OH, OW]`` view of
 channels-last memory, so a following ``PatchConv2d`` reads it without a copy (its patches are then
 runs of C contiguous numbers; where a kernel covers the whole map, as ``fast``'s second conv
 does, no gather is needed at all).
@@ -31,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fiberlab.cortex.kernels.step_tables import StepTables
+
 
 class PatchConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose CPU forward is gather + matmul (see the module docstring)."""
@@ -38,6 +43,12 @@ class PatchConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._indices: dict[tuple, torch.Tensor | None] = {}  # (C, H, W, channels_last, device) -> gather index
+        self._patch_weight = StepTables()  # the reordered weight, reused while acting (no autograd, weight unchanged)
+
+    def _weight_columns(self) -> torch.Tensor:
+        """The weight as ``[O, k k C]``, columns in P's (u, v, c) order (a copy: kept while acting)."""
+        o, c, k, _ = self.weight.shape
+        return self.weight.permute(0, 2, 3, 1).reshape(o, k * k * c)
 
     def _supported(self, x: torch.Tensor) -> bool:
         k, s = self.kernel_size, self.stride
@@ -72,6 +83,6 @@ class PatchConv2d(nn.Conv2d):
             patches = x.permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, k * k * c)
         else:
             patches = flat.index_select(1, index)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(o, k * k * c)  # columns in P's (u, v, c) order
+        weight = self._patch_weight.get((self.weight,), self._weight_columns, (x.dtype, x.device))
         y = F.linear(patches.view(b * oh * ow, k * k * c), weight, self.bias)
         return y.view(b, oh, ow, o).permute(0, 3, 1, 2)
