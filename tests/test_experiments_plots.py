@@ -273,3 +273,36 @@ def test_random_play_reference_needs_a_readable_run_config(tmp_path):
     with pytest.raises(BadInput, match="config.json.*--random-episodes 0"):
         compare_runs([run], tmp_path / "x.png", random_episodes=4)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_evaluate_averages_the_envs_episode_extras():
+    """evaluate() reports each per-episode extra (mettagrid's hearts, ...) averaged over the episodes
+    it counts, and only those: the first ``episodes`` to finish."""
+    import numpy as np
+
+    from fiberlab.envs.base import EpisodeStats
+    from fiberlab.rl.evaluate import UniformPolicy, evaluate
+
+    class TwoAgents:
+        num_agents = 2
+
+        class spec:
+            num_actions = 3
+
+        def __init__(self):
+            self.t = 0
+
+        def reset(self, seed):
+            return np.zeros((2, 4), dtype=np.float32)
+
+        def step(self, actions):
+            self.t += 1  # agent 0 ends an episode every step, agent 1 every other step
+            eps = [EpisodeStats(1.0, 1, {"heart": float(self.t)})]
+            if self.t % 2 == 0:
+                eps.append(EpisodeStats(3.0, 2, {"heart": 10.0, "ore": 1.0}))
+            return np.zeros((2, 4), dtype=np.float32), np.zeros(2), np.array([True, self.t % 2 == 0]), eps
+
+    res = evaluate(UniformPolicy(3), TwoAgents(), episodes=3)
+    # episodes: t=1 (heart 1), t=2 (heart 2), t=2 (heart 10, ore 1)
+    assert res["episodes"] == 3 and res["mean_return"] == pytest.approx(5 / 3)
+    assert res["extras"] == {"heart": pytest.approx(13 / 3), "ore": pytest.approx(1.0)}

@@ -308,6 +308,7 @@ class RandomPlay:
 
     env: str
     estimate: Estimate
+    extras: dict[str, float] = field(default_factory=dict)  # the env's per-episode extras, averaged
 
 
 def random_reference(groups: list[Group], episodes: int) -> RandomPlay | None:
@@ -329,7 +330,7 @@ def random_reference(groups: list[Group], episodes: int) -> RandomPlay | None:
         raise BadInput(f"cannot read {path} for the random-play reference ({type(e).__name__}); pass --random-episodes 0 to skip it") from None
     res = random_play(cfg, episodes)
     mean, half = res["mean_return"], res["ci95_return"]
-    return RandomPlay(cfg.env.name, Estimate(mean, mean - half, mean + half, res["episodes"]))
+    return RandomPlay(cfg.env.name, Estimate(mean, mean - half, mean + half, res["episodes"]), res.get("extras", {}))
 
 
 def _reach(s: dict[str, Any]) -> str:
@@ -366,8 +367,10 @@ def _markdown(summary: list[dict[str, Any]], random: RandomPlay | None = None) -
             f"{s['node_fraction'].text('.3f')} | {s['param_fraction'].text('.3f')} |"
         )
     if random is not None:
+        extras = "".join(f", {k} {v:.3g}" for k, v in random.extras.items())
         lines += ["", (f"Random play (uniform actions) on {random.env}: {random.estimate.text()} over "
-                       f"{random.estimate.n} episodes (95 % normal interval over episodes): the floor to read the returns against.")]
+                       f"{random.estimate.n} episodes (95 % normal interval over episodes): the floor to read the returns against."
+                       + (f" Per episode{extras}." if extras else ""))]
     zero = [s for s in summary if s["kind"] in ZERO_SHOT_KINDS]
     if zero:
         lines += [

@@ -33,7 +33,8 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
 
     All envs run in parallel and the first ``episodes`` to finish are counted, so with fewer envs
     than episodes long episodes are not under-represented by more than one batch's worth.
-    ``ci95_return`` is the half-width of the 95 % normal interval of the mean, 1.96 * std / sqrt(n).
+    ``ci95_return`` is the half-width of the 95 % normal interval of the mean, 1.96 * std / sqrt(n);
+    ``extras``: the mean of each of the env's per-episode extras (empty for envs without any).
     """
     gen = torch.Generator().manual_seed(seed)
     obs = torch.as_tensor(env.reset(seed)).to(device)
@@ -55,6 +56,7 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
     rets = np.array([e.episode_return for e in finished], dtype=np.float64)
     lens = np.array([e.length for e in finished], dtype=np.float64)
     n = len(rets)
+    keys = sorted({k for e in finished for k in e.extras})
     return {
         "episodes": n,
         "mean_return": float(rets.mean()) if n else math.nan,
@@ -62,6 +64,8 @@ def evaluate(policy: torch.nn.Module, env: VecEnv, episodes: int, device: torch.
         "ci95_return": float(1.96 * rets.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         "mean_length": float(lens.mean()) if n else math.nan,
         "steps": steps,
+        # the env's per-episode extras (mettagrid: hearts, resources gained, cells visited), averaged
+        "extras": {k: float(np.mean([e.extras[k] for e in finished if k in e.extras])) for k in keys},
     }
 
 
