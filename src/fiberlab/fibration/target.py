@@ -25,8 +25,8 @@ Limits: crossings between two scan points that cancel out (down and back up) are
 fraction moves in jumps (one fiber more or less in a layer of a few fibers is many nodes), so the
 closest reachable fraction may be several points from ``F`` (a miss of more than ``JUMP_NOTE`` is
 reported with the jump that causes it: two scales one grid step apart whose fractions straddle
-``F``, e.g. 35.9 % and 5.1 % of a ``demo`` agent's nodes at scales 1.256 and 1.257); and the result is the closest among
-the scales evaluated, not a global optimum. Callers report the fraction reached, not the target.
+``F``, e.g. 35.9 % and 5.1 % of a ``demo`` agent's nodes at scales 1.256 and 1.257); and the
+result is the closest among the scales evaluated, not a global optimum. Callers report the fraction reached, not the target.
 Cost: at most ``MAX_EVALS`` calls of :func:`find_fibers` (about 0.1 s each on ``fast``, 1 s on
 ``atari``); counting parameters builds the collapsed config on the meta device (no memory, no RNG).
 Deterministic: the same policy, target and base thresholds give the same thresholds.
