@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -72,13 +74,13 @@ def test_fast_policy_hands_its_convs_channels_last_observations_and_acts_the_sam
     cfg = PolicyConfig(name="fast", obs_shape=[34, 11, 11], num_actions=5, obs_scale=[255.0] * 34)
     torch.manual_seed(0)
     fast = build_policy(cfg).double()
-    assert fast._obs_format == torch.channels_last
+    assert fast.channels_last_obs
     plain = build_policy(cfg).double()
     for i, m in enumerate(plain.encoder[0]):
         if isinstance(m, PatchConv2d):  # swap in nn.Conv2d with the same weights
             conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride).double()
             plain.encoder[0][i] = conv
-    plain._obs_format = torch.preserve_format
+    plain.channels_last_obs = False
     plain.load_state_dict(fast.state_dict())
     obs = torch.randint(0, 256, (6, 34, 11, 11), dtype=torch.uint8)
     fast.obs_scale, plain.obs_scale = fast.obs_scale.double(), plain.obs_scale.double()
@@ -87,7 +89,8 @@ def test_fast_policy_hands_its_convs_channels_last_observations_and_acts_the_sam
     torch.testing.assert_close(la, lb, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-10)
     atari = build_policy(PolicyConfig(name="atari", obs_shape=[1, 105, 80], num_actions=9))
-    assert atari._obs_format == torch.preserve_format  # oneDNN convs keep NCHW
+    assert not atari.channels_last_obs  # oneDNN convs keep NCHW
+    torch.save(fast, io.BytesIO())  # a whole policy still pickles (torch.save(module))
 
 
 def test_patch_conv_acting_weight_cache_follows_optimizer_steps():

@@ -30,7 +30,7 @@ class RecurrentPolicy(nn.Module):
         # image observations go to patch convs channels-last: their first gather is then a strided
         # copy instead of an element gather (policies/patch_conv.py); the values are the same
         patch_convs = any(isinstance(m, PatchConv2d) for m in encoder.modules())
-        self._obs_format = torch.channels_last if patch_convs and len(config.obs_shape or []) == 3 else torch.preserve_format
+        self.channels_last_obs = patch_convs and len(config.obs_shape or []) == 3  # a bool: memory formats do not pickle
 
     def _obs_scale(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The divisor of raw observations, from the config (one per image channel or one in all)."""
@@ -49,7 +49,8 @@ class RecurrentPolicy(nn.Module):
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw observations (any leading batch dims) -> features; scaling happens here."""
         lead = obs.shape[: obs.dim() - len(self.config.obs_shape)]
-        x = obs.reshape(-1, *self.config.obs_shape).to(torch.float32, memory_format=self._obs_format) / self.obs_scale
+        fmt = torch.channels_last if getattr(self, "channels_last_obs", False) else torch.preserve_format  # (absent in older pickles)
+        x = obs.reshape(-1, *self.config.obs_shape).to(torch.float32, memory_format=fmt) / self.obs_scale
         return self.encoder(x).reshape(*lead, -1)
 
     def forward(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
