@@ -273,6 +273,10 @@ def test_random_play_reference_needs_a_readable_run_config(tmp_path):
     with pytest.raises(BadInput, match="config.json.*--random-episodes 0"):
         compare_runs([run], tmp_path / "x.png", random_episodes=4)
     assert not (tmp_path / "x.png").exists()
+    (run / "config.json").write_text('{"env": {"name": "nope.thing"}}')  # valid config, env unknown here
+    with pytest.raises(BadInput, match="nope.thing.*--random-episodes 0"):
+        compare_runs([run], tmp_path / "x.png", random_episodes=4)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_evaluate_averages_the_envs_episode_extras():

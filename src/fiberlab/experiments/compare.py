@@ -313,8 +313,8 @@ class RandomPlay:
 
 def random_reference(groups: list[Group], episodes: int) -> RandomPlay | None:
     """:func:`fiberlab.rl.evaluate.random_play` on the env of the first original run (else the first
-    run), from its ``config.json``; None when ``episodes`` is 0. BadInput when that config is missing
-    or unreadable."""
+    run), from its ``config.json``; None when ``episodes`` is 0. BadInput (naming ``--random-episodes 0``)
+    when that config is missing or unreadable, or its env cannot be built."""
     if episodes <= 0:
         return None
     from pydantic import ValidationError
@@ -328,7 +328,10 @@ def random_reference(groups: list[Group], episodes: int) -> RandomPlay | None:
         cfg = TrainConfig.model_validate_json(path.read_text())
     except (OSError, ValueError, ValidationError) as e:
         raise BadInput(f"cannot read {path} for the random-play reference ({type(e).__name__}); pass --random-episodes 0 to skip it") from None
-    res = random_play(cfg, episodes)
+    try:
+        res = random_play(cfg, episodes)
+    except BadInput as e:  # the env cannot be built here (a package missing, an env renamed since)
+        raise BadInput(f"random-play reference on {cfg.env.name}: {e}; pass --random-episodes 0 to skip it") from None
     mean, half = res["mean_return"], res["ci95_return"]
     return RandomPlay(cfg.env.name, Estimate(mean, mean - half, mean + half, res["episodes"]), res.get("extras", {}))
 
