@@ -6,6 +6,9 @@ Rows: the single cells Ag (AGaLiTe), X (Transformer-XL), M (mLSTM), S (sLSTM), A
 L (LSTM), C (causal conv), each built directly from its cell class at width H (so M here runs
 at H, not at the 2H inner width its PreUp block gives it in a stack), and ``AgSA``: one layer of
 ``build_stack("AgSA", H, 1)`` (a column of three blocks with their norms, projections and router).
+``X-tensor`` and ``M-tensor`` (acting table only) are X and M with their compiled acting passes
+switched off, so what the passes buy is measured in the same run; ``A+traces`` is A with
+eligibility traces on.
 Two modes per row:
 
 - sequence: one ``forward`` call on ``[B, T, H]``;
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -67,7 +71,10 @@ STACKS = {"AgSA": "AgSA"}  # row name -> pattern, one layer
 # row name -> cell: the cell with Axon eligibility traces on (trainer.axon_traces; docs/training.md),
 # so their cost shows against the plain "A" row of the same run
 TRACED = {"A+traces": "A"}
-ALL = [*CELLS, *TRACED, *STACKS]
+# acting table only: X and M with their compiled acting passes switched off (FIBERLAB_NATIVE=0), so
+# what the passes buy is measured in the same run (kernels/xl_window.py, kernels/mlstm_native.py)
+TENSOR_FORM = {"X-tensor": "X", "M-tensor": "M"}
+ALL = [*CELLS, *TRACED, *TENSOR_FORM, *STACKS]
 
 
 def build(name: str, hidden: int) -> nn.Module:
@@ -78,6 +85,8 @@ def build(name: str, hidden: int) -> nn.Module:
         cell = build(TRACED[name], hidden)
         set_eligibility_traces(cell, True)
         return cell
+    if name in TENSOR_FORM:
+        return TensorForm(build(TENSOR_FORM[name], hidden))
     if name in CELLS:
         module, cfg_name, cell_name = CELLS[name]
         mod = importlib.import_module(f"fiberlab.cortex.cells.{module}")
@@ -85,6 +94,25 @@ def build(name: str, hidden: int) -> nn.Module:
     from fiberlab.cortex.pattern import build_stack
 
     return build_stack(STACKS[name], hidden, 1)
+
+
+class TensorForm(nn.Module):
+    """A cell run with fiberlab's compiled kernels switched off (``FIBERLAB_NATIVE=0`` around each call)."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        before = os.environ.get("FIBERLAB_NATIVE")
+        os.environ["FIBERLAB_NATIVE"] = "0"
+        try:
+            return self.cell(*args, **kwargs)
+        finally:
+            if before is None:
+                del os.environ["FIBERLAB_NATIVE"]
+            else:
+                os.environ["FIBERLAB_NATIVE"] = before
 
 
 class LSTMReference(nn.Module):
@@ -237,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[{dev}] {'row':<8} {'params':>9} {'seq tok/s':>11} {'step tok/s':>11} {'seq/step':>9} {'seq vs nn.LSTM':>15} {'step vs nn.LSTM':>16}")
         table = [ref]
         for name in names:
+            if name in TENSOR_FORM:  # the compiled passes are acting-only: this row would repeat its cell's
+                continue
             try:
                 m = build(name, args.hidden).to(device)
             except (ImportError, AttributeError) as e:  # a cell not written yet: say so, keep going
@@ -286,7 +316,21 @@ def acting_table(names: list[str], args: argparse.Namespace, device: torch.devic
         print(f"      {name:<8} {r['step_us']:>9,.0f} {r['lstmcell_step_us']:>12,.0f} {r['vs_lstmcell']:>14.2f}x "
               f"{f'[{lo:.2f}-{hi:.2f}]':>13}  {'met' if r['vs_lstmcell'] >= ACTING_TARGET else 'NOT met'}")
         out.append(r)
+    if device.type == "cpu":
+        for name, (source, compiled) in compiled_passes(H).items():
+            if name in names:
+                print(f"      {name} acts through " + (f"its compiled pass (kernels/{source})" if compiled else
+                                                      "its tensor form: no C compiler, or FIBERLAB_NATIVE=0 (kernels/native.py)"))
     return out
+
+
+def compiled_passes(H: int) -> dict[str, tuple[str, bool]]:
+    """Cells with a compiled acting pass: row -> (C source, whether it builds and loads here)."""
+    from fiberlab.cortex.kernels import mlstm_native, xl_window
+
+    x, m = build("X", H), build("M", H)
+    return {"X": ("xl_window.c", xl_window.KERNELS.get(x.n_heads, H, x.mem_len + 1) is not None),
+            "M": ("mlstm_step.c", mlstm_native.KERNELS.get(m.num_heads, m.head_dim) is not None)}
 
 
 if __name__ == "__main__":

@@ -39,14 +39,18 @@ re-projects them, so PPO's first-epoch ratio would no longer be 1 on those steps
 Position terms: in step mode memory slot j is always ``M - j`` steps back, so ``R_{M-j}`` is one
 table for all rows and steps. It and ``W_k`` (with u, v and the 1/sqrt(d) folded in) depend only on
 weights, so they are kept on the module, not in the state, and rebuilt when a weight changes (see
-``_query_side``). The window itself is updated in place (``kernels/window.py``: the new input is
-written into a row no existing state covers, so a step writes one row instead of copying M), which
-is why invalid entries are not zeroed. X^ keeps the sequence path for one step (its stored keys are
-not linear in ``mem``).
+``_step_weights``, which also keeps the q, v and o projections' weights transposed). The window
+itself is updated in place (``kernels/window.py``: the new input is written into a row no existing
+state covers, so a step writes one row instead of copying M), which is why invalid entries are not
+zeroed. In rollouts (float32 on a CPU, no autograd) the mask, both window products and the softmax
+run as one compiled C pass over the window (``kernels/xl_window.py``), which reads it from memory
+once instead of twice. X^ keeps the sequence path for one step (its stored keys are not linear in
+``mem``).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from pydantic import Field
@@ -59,6 +63,7 @@ from fiberlab.cortex.kernels.segment_conv import segment_ids
 from fiberlab.cortex.kernels.shapes import check_state, sequence_input
 from fiberlab.cortex.kernels.step_tables import StepTables
 from fiberlab.cortex.kernels.window import append_row
+from fiberlab.cortex.kernels.xl_window import attend
 
 
 class XLConfig(CellConfig):
@@ -74,6 +79,16 @@ def sinusoids(distances: torch.Tensor, width: int) -> torch.Tensor:
     inv_freq = 1.0 / (10000 ** (torch.arange(0, width, 2, device=distances.device, dtype=distances.dtype) / width))
     angles = distances.unsqueeze(-1) * inv_freq
     return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., :width]
+
+
+class StepWeights(NamedTuple):
+    """X's step-mode tables, made from its parameters (``XLCell._step_weights``)."""
+
+    keys: torch.Tensor  # K = s [W_k,h | R_{M-j},h], [NH, d, H + M+1]
+    bias: torch.Tensor  # s [u_h W_k,h | v_h . R_{M-j},h], [NH, 1, H + M+1]
+    wq_t: torch.Tensor  # W_q^T, [H, H]
+    wv_t: torch.Tensor  # W_v,h^T per head, [NH, H, d]
+    wo_t: torch.Tensor  # W_o^T, [H, H]
 
 
 class XLCell(MemoryModule):
@@ -98,7 +113,7 @@ class XLCell(MemoryModule):
                 nn.init.xavier_uniform_(layer.weight)
         self.u_bias = nn.Parameter(torch.zeros(NH, d))  # content bias u
         self.v_bias = nn.Parameter(torch.zeros(NH, d))  # position bias v
-        self._step_tables = StepTables()  # step mode's key-side tables (see _query_side; not state, not saved)
+        self._step_tables = StepTables()  # step mode's weight tables (see _step_weights; not state, not saved)
 
     def _stateful(self) -> dict[str, nn.Module]:
         return {"q_axon": self.q_proj, "k_axon": self.k_proj, "v_axon": self.v_proj}
@@ -177,47 +192,61 @@ class XLCell(MemoryModule):
         is a real logit), and the mask stays in float tensors, with ``out=`` and ``alpha=`` instead of
         boolean temporaries (~20 us per operation on this CPU). Why this shape at all: the two products
         with the window (``[NH, H] x [H, M+1]`` and back, per row) read the whole memory and take most
-        of the time (they run near the machine's memory bandwidth; a numba loop fusing them with the
-        softmax was slower); the rest works on ``[.., NH, d]``, ``[.., NH, H]`` or ``[.., NH, M+1]``.
+        of the time; the rest works on ``[.., NH, d]``, ``[.., NH, H]`` or ``[.., NH, M+1]``. In
+        rollouts the mask, the two products and the softmax are one compiled C pass instead
+        (``kernels/xl_window.py``; it reads the window once, and the step runs 1.8x faster).
         """
         B, H = x.shape
         NH, d, M = self.n_heads, self.head_dim, self.mem_len
         window, next_mem = append_row(state["mem"], x, slack=M)  # [B, M+1, H]; next_mem = window[:, 1:]
-        keys, bias = self._query_side(x)  # [NH, d, H + M+1], [NH, 1, H + M+1]
-        q = self.q_proj(x).view(B, NH, d).transpose(0, 1)  # [NH, B, d]
-        qk_pos = torch.baddbmm(bias, q, keys)  # [NH, B, H + M+1]: s W_k^T (q+u) | s (q+v) . R
+        tables = self._step_weights(x)
+        q = torch.mm(x, tables.wq_t).view(B, NH, d).transpose(0, 1)  # q_proj, [NH, B, d]
+        qk_pos = torch.baddbmm(tables.bias, q, tables.keys)  # [NH, B, H + M+1]: s W_k^T (q+u) | s (q+v) . R
 
-        hidden = torch.empty(B, M + 1, dtype=x.dtype, device=x.device)  # 1 = not visible; the last slot is the step
-        torch.le(state["mem_valid"].detach(), 0.5, out=hidden[:, :M])  # a mask: no gradient either way
-        hidden[:, M] = 0.0
-        if resets is not None:  # a reset at this step hides the whole memory
-            hidden[:, :M].masked_fill_(resets.unsqueeze(1), 1.0)
-        position = torch.add(qk_pos[..., H:], hidden, alpha=torch.finfo(x.dtype).min)  # + finfo.min where hidden
-        logits = torch.baddbmm(position.transpose(0, 1), qk_pos[..., :H].transpose(0, 1), window.transpose(1, 2))  # [B, NH, M+1]
-        mixed = torch.bmm(torch.softmax(logits, dim=-1), window)  # sum_j a_hj w_j, [B, NH, H]
-        heads = torch.bmm(mixed.transpose(0, 1), self.v_proj.weight.view(NH, d, H).transpose(1, 2))  # [NH, B, d]
-        y = self.o_proj(heads.transpose(0, 1).reshape(B, H))
-        new_valid = torch.eq(hidden[:, 1:], 0.0, out=torch.empty_like(state["mem_valid"]))
+        fused = attend(window, qk_pos, state["mem_valid"], resets)  # the block below as one C pass (rollouts)
+        if fused is not None:
+            mixed, new_valid = fused
+        else:
+            hidden = torch.empty(B, M + 1, dtype=x.dtype, device=x.device)  # 1 = not visible; the last slot is the step
+            torch.le(state["mem_valid"].detach(), 0.5, out=hidden[:, :M])  # a mask: no gradient either way
+            hidden[:, M] = 0.0
+            if resets is not None:  # a reset at this step hides the whole memory
+                hidden[:, :M].masked_fill_(resets.unsqueeze(1), 1.0)
+            position = torch.add(qk_pos[..., H:], hidden, alpha=torch.finfo(x.dtype).min)  # + finfo.min where hidden
+            logits = torch.baddbmm(position.transpose(0, 1), qk_pos[..., :H].transpose(0, 1), window.transpose(1, 2))  # [B, NH, M+1]
+            mixed = torch.bmm(torch.softmax(logits, dim=-1), window)  # sum_j a_hj w_j, [B, NH, H]
+            new_valid = torch.eq(hidden[:, 1:], 0.0, out=torch.empty_like(state["mem_valid"]))
+        heads = torch.bmm(mixed.transpose(0, 1), tables.wv_t)  # W_v,h mixed_h, [NH, B, d]
+        y = torch.mm(heads.transpose(0, 1).reshape(B, H), tables.wo_t)  # o_proj
         return y, {"mem": next_mem, "mem_valid": new_valid}
 
-    def _query_side(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's key-side tables ``K`` ``[NH, d, H + M+1]`` and ``b`` ``[NH, 1, H + M+1]`` (see ``_step``).
+    def _step_weights(self, x: torch.Tensor) -> StepWeights:
+        """The step's weight tables (:class:`StepWeights`), kept while the parameters are unchanged.
 
-        They depend only on ``k_proj``, ``r_proj``, ``u`` and ``v``, and rebuilding them (``R`` alone is
-        an ``[M+1, H] x [H, H]`` product) cost about a third of an ``nn.LSTMCell`` step at B=64, so they
-        are kept while those parameters are unchanged (:class:`~fiberlab.cortex.kernels.step_tables.StepTables`).
+        They depend only on parameters. Rebuilding the key-side tables (``R`` alone is an
+        ``[M+1, H] x [H, H]`` product) cost about a third of an ``nn.LSTMCell`` step at B=64, and the
+        projections' weights, stored transposed and contiguous, make their products plain ``mm``/``bmm``
+        calls: after the window pass has streamed 4 MB through the caches, ``nn.Linear`` on a reshaped
+        input and a ``bmm`` on a transposed weight view took ~100 us where these take ~50
+        (:class:`~fiberlab.cortex.kernels.step_tables.StepTables`). Parameters are read through
+        ``_parameters``: ``nn.Module.__getattr__`` costs ~2 us per name, and this runs every step.
         """
-        params = (self.k_proj.weight, self.r_proj.weight, self.u_bias, self.v_bias)
-        return self._step_tables.get(params, lambda: self._build_query_side(x.dtype, x.device), (x.dtype, x.device))
+        mods, params = self._modules, self._parameters
+        weights = (mods["q_proj"]._parameters["weight"], mods["k_proj"]._parameters["weight"], mods["v_proj"]._parameters["weight"],
+                   mods["r_proj"]._parameters["weight"], mods["o_proj"]._parameters["weight"], params["u_bias"], params["v_bias"])
+        return self._step_tables.get(weights, lambda: self._build_step_weights(x.dtype, x.device), (x.dtype, x.device))
 
-    def _build_query_side(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _build_step_weights(self, dtype: torch.dtype, device: torch.device) -> StepWeights:
         M, NH, d, H = self.mem_len, self.n_heads, self.head_dim, self.d_hidden
         distances = torch.arange(M, -1, -1, device=device, dtype=dtype)  # slot j is M - j steps back
         rel = self.r_proj(sinusoids(distances, H)).view(M + 1, NH, d).permute(1, 2, 0)  # R_{M-j}, [NH, d, M+1]
         keys = torch.cat([self.k_proj.weight.view(NH, d, H), rel], dim=-1) / math.sqrt(d)
         u_part = torch.bmm(self.u_bias.unsqueeze(1), keys[..., :H])  # s u_h W_k,h, [NH, 1, H]
         v_part = torch.bmm(self.v_bias.unsqueeze(1), keys[..., H:])  # s v_h . R_{M-j},h, [NH, 1, M+1]
-        return keys, torch.cat([u_part, v_part], dim=-1)
+        return StepWeights(keys=keys, bias=torch.cat([u_part, v_part], dim=-1),
+                           wq_t=self.q_proj.weight.t().contiguous(),
+                           wv_t=self.v_proj.weight.view(NH, d, H).transpose(1, 2).contiguous(),
+                           wo_t=self.o_proj.weight.t().contiguous())
 
     def clear_step_cache(self) -> None:
         """Forget the step tables (only needed after writing a parameter through ``.data``)."""

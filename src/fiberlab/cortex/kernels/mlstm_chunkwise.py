@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fiberlab.cortex.kernels import mlstm_native
+
 
 def _normaliser(qn: torch.Tensor, m: torch.Tensor, eps: float) -> torch.Tensor:
     """``max(|q^T n|, e^{-m}) + eps``, with ``-m`` capped below the dtype's overflow.
@@ -52,8 +54,12 @@ def mlstm_step(
     A reset is folded into the gates instead of zeroing c first: with keep = 0, m_{t-1} counts as
     0 and f' as 0, so C_t = 0 C + i' k v^T, exactly what the zero state gives (for a finite C),
     without an extra pass over the ``[B, NH, d, d]`` memory. The C update runs as one scaled copy
-    and one in-place batched outer product (two passes over C instead of four).
+    and one in-place batched outer product (two passes over C instead of four). In rollouts (float32
+    on a CPU, no autograd) the whole step is one compiled pass instead (``mlstm_native.py``).
     """
+    fused = mlstm_native.step(c, n, m, q, k, v, i_pre, f_pre, eps, resets)
+    if fused is not None:
+        return fused
     B, NH, d = k.shape
     k = k / math.sqrt(d)
     log_f = F.logsigmoid(f_pre)[..., None, None]
