@@ -226,6 +226,23 @@ def test_without_a_compiler_x_warns_once_and_acts_through_the_tensor_form(fresh_
 
 
 @needs_cc
+@pytest.mark.parametrize("flags", native.FLAG_SETS, ids=["fast-math", "no-fast-math", "portable"])
+def test_every_fallback_flag_set_builds_kernels_that_agree(flags, fresh_cache, monkeypatch, kernel_calls):
+    """A machine where the first flag set fails (no libmvec, no -march=native) gets the next; each
+    must build both kernels and give the tensor forms' numbers."""
+    monkeypatch.setattr(native, "FLAG_SETS", (flags,))
+    for cell, H in ((make(32, 4, 20), 32), (make_m(32, 4), 32)):
+        x, resets = inputs(H, 25)
+        y_fast, _ = act(cell, x, resets)
+        monkeypatch.setenv("FIBERLAB_NATIVE", "0")
+        y_ref, _ = act(cell, x, resets)
+        monkeypatch.delenv("FIBERLAB_NATIVE")
+        as_accurate(y_fast, y_ref, in_float64(cell, x, resets), factor=4.0)
+    assert {len(shape) for shape in kernel_calls} == {2, 3}  # both kernels ran (M by (NH, d), X by (NH, H, M+1))
+    assert len([p for p in fresh_cache.iterdir() if p.suffix == ".so"]) == 2
+
+
+@needs_cc
 def test_a_failed_compile_warns_with_the_compilers_message(fresh_cache, monkeypatch):
     monkeypatch.setattr(native, "FLAG_SETS", (("-fno-such-flag-for-fiberlab",),))
     with pytest.warns(RuntimeWarning, match="could not compile xl_window.c .*no-such-flag"):
