@@ -1,8 +1,8 @@
 """M's acting step (one mLSTM recurrence step) as one compiled C pass (``mlstm_step.c``).
 
 Why: the tensor form (``mlstm_chunkwise.mlstm_step``) passes over the matrix memory ``C``
-``[B, NH, d, d]`` (1 MiB at B=64, H=128, 4 heads) four times (scaled copy, in-place outer product,
-the readout ``q^T C``, plus the temporaries of a dozen small operations on the gates), and took
+``[B, NH, d, d]`` (1 MiB at B=64, H=128, 4 heads) three times (a scaled copy, an in-place outer
+product, the readout ``q^T C``), around a dozen small operations on the gates, and took
 about half of M's acting step, which sat at 0.28-0.37x an ``nn.LSTMCell`` step against a target of
 0.3. The kernel reads ``C`` once and writes the new ``C`` once, reading each new row back for the
 readout while it is in registers (docs/benchmarks.md, "Cortex cells: one acting step").

@@ -9,7 +9,7 @@
  *     h     = q^T C_t / (max(|q^T n_t|, exp(min(-m_t, CAP))) + eps)
  *
  * C_t's row r is written from C's row r and read back for q^T C_t while it is in registers: the
- * state is read once and written once (the tensor form makes four passes over it).
+ * state is read once and written once (the tensor form passes over it three times).
  * NH heads and D = head width are compile-time constants (mlstm_native.py builds one library per
  * shape); plain loops over D, which the compiler vectorises. Float32 only.
  */
