@@ -278,3 +278,12 @@ def test_native_off_switch(monkeypatch, kernel_calls):
     act(make(32, 4, 6), *inputs(32, 6))
     act(make_m(32, 4), *inputs(32, 6))
     assert kernel_calls == []
+
+
+@needs_cc
+def test_an_unwritable_cache_warns_and_acts_through_the_tensor_form(fresh_cache, monkeypatch):
+    blocker = fresh_cache / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FIBERLAB_KERNEL_CACHE", str(blocker / "kernels"))  # a folder under a file
+    with pytest.warns(RuntimeWarning, match="cannot create the kernel cache .*set FIBERLAB_KERNEL_CACHE"):
+        assert xl_window.KERNELS.get(4, 32, 7) is None

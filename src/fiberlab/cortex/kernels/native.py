@@ -113,17 +113,17 @@ def _build(source: Path, symbol: str, defines: dict[str, int | float]) -> tuple[
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None, f"no C compiler: {os.environ.get('CC', 'cc')!r} not found; set CC"
-    text = source.read_text()
-    version = _run([compiler, "--version"])[1].splitlines()[:1]
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return None, f"cannot create the kernel cache {folder}: {err.strerror}; set FIBERLAB_KERNEL_CACHE"
+    # what the library depends on besides its flags: the source, the compiler, this CPU
+    context = [source.read_text(), *_run([compiler, "--version"])[1].splitlines()[:1], _cpu_fingerprint()]
     why = ""
     for flags in FLAG_SETS:
         args = [f"-D{k}={v}" for k, v in sorted(defines.items())] + list(flags)
-        digest = hashlib.sha256("\n".join([text, *args, *version, _cpu_fingerprint()]).encode()).hexdigest()[:20]
-        try:
-            folder = cache_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            return None, f"cannot create the kernel cache {cache_dir()}: {err.strerror}; set FIBERLAB_KERNEL_CACHE"
+        digest = hashlib.sha256("\n".join([*context, *args]).encode()).hexdigest()[:20]
         target = folder / f"{source.stem}_{digest}.so"
         if not target.exists():
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
