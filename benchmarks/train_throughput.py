@@ -152,7 +152,7 @@ def work_forward(cfg, spec: dict) -> dict:
     pcfg = cfg.policy.model_copy(update={"obs_shape": list(s.obs_shape), "num_actions": s.num_actions, "obs_scale": list(s.obs_scale)})
     torch.manual_seed(cfg.seed)
     policy = build_policy(pcfg).to(device).eval()
-    collector = RolloutCollector(env, policy, cfg.trainer.bptt_horizon, device, seed=cfg.seed)
+    collector = RolloutCollector(env, policy, cfg.trainer.bptt_horizon, device, seed=cfg.seed, precision=cfg.trainer.precision)
     per_call = env.num_agents * cfg.trainer.bptt_horizon
     steps, secs = _warmup_then_time(collector.collect, per_call, cfg.trainer.total_timesteps, spec["min_seconds"])
     env.close()
@@ -175,6 +175,7 @@ def work_arith(cfg, spec: dict) -> dict:
     from fiberlab.policies import build_policy
     from fiberlab.rl.advantages import compute_gae
     from fiberlab.rl.ppo import ppo_update
+    from fiberlab.rl.precision import autocast
     from fiberlab.rl.rollout import RolloutCollector
     from fiberlab.runtime import keep_freed_memory, trainer_threads
 
@@ -185,7 +186,7 @@ def work_arith(cfg, spec: dict) -> dict:
     torch.manual_seed(cfg.seed)
     policy = build_policy(pcfg).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.trainer.learning_rate, eps=cfg.trainer.adam_eps, fused=True)
-    collector = RolloutCollector(env, policy, cfg.trainer.bptt_horizon, device, seed=cfg.seed)
+    collector = RolloutCollector(env, policy, cfg.trainer.bptt_horizon, device, seed=cfg.seed, precision=cfg.trainer.precision)
     rollout, next_value, _, _ = collector.collect()  # real observations, recorded once
     env.close()
     advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.trainer.gamma, cfg.trainer.gae_lambda)
@@ -199,7 +200,7 @@ def work_arith(cfg, spec: dict) -> dict:
     def epoch() -> None:
         torch.set_num_threads(acting_threads)
         policy.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(collector.precision, device):  # acting's precision, as the trainer's
             state = policy.init_state(n, device)
             for t in range(horizon + 1):  # + the bootstrap value step, as the trainer takes
                 logits, _, state = policy.step(obs_by_step[t % horizon], state, resets=rollout.starts[:, t % horizon])
@@ -491,10 +492,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{machine_line()}, "
           f"device {args.device}{' (cuda available)' if torch.cuda.is_available() else ''}", flush=True)
+    from fiberlab.devices import resolve_device, resolve_precision
+    from fiberlab.policies.architectures import architecture
+
     for g, c in configs.items():
         t = c.trainer
+        precision = resolve_precision(t.precision, resolve_device(c.device), architecture(c.policy.name).bf16_update)
         print(f"{g}: env {c.env.name} x{c.env.num_envs}, policy {c.policy.name}, bptt {t.bptt_horizon}, minibatch {t.minibatch_size}, "
-              f"epochs {t.update_epochs}, torch threads {t.torch_threads or 'auto'} (update {t.update_threads or 'auto'}), {t.total_timesteps} agent steps per row", flush=True)
+              f"epochs {t.update_epochs}, torch threads {t.torch_threads or 'auto'} (update {t.update_threads or 'auto'}), "
+              f"precision {t.precision}{f' -> {precision}' if precision != t.precision else ''}, {t.total_timesteps} agent steps per row", flush=True)
 
     results: dict[int, list[dict]] = {i: [] for i in range(len(planned))}
     with tempfile.TemporaryDirectory(prefix="fiberlab_bench_logs_") as logs:

@@ -96,6 +96,37 @@ def test_bf16_autocast_on_cuda_trains_and_stays_close_to_fp32(tmp_path):
     assert abs(a["entropy"] - b["entropy"]) < 0.01
 
 
+def test_auto_precision_on_cuda_acts_and_updates_in_bf16_with_the_ratio_at_one():
+    """trainer.precision=auto on a GPU with bf16: the conv policies act and update in bf16, and the
+    update's log-probabilities of the rollout's actions match acting's (GEMMs of other shapes may
+    round differently on the GPU, so the bound is looser than the CPU test's 1e-3)."""
+    from fiberlab.config import PolicyConfig, apply_overrides
+    from fiberlab.envs import make_vecenv
+    from fiberlab.policies import build_policy
+    from fiberlab.recipes import get_recipe
+    from fiberlab.rl.precision import autocast
+    from fiberlab.rl.rollout import RolloutCollector
+
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    env = make_vecenv(apply_overrides(get_recipe("arena"), ["env.num_envs=1", "env.mettagrid.max_steps=6"]).env, 0)
+    try:
+        s = env.spec
+        torch.manual_seed(0)
+        policy = build_policy(PolicyConfig(name="fast", obs_shape=list(s.obs_shape), num_actions=s.num_actions, obs_scale=list(s.obs_scale))).to(DEV)
+        with torch.no_grad():
+            policy.actor[-1].weight.mul_(1000.0)  # confident logits, as a trained policy's
+        collector = RolloutCollector(env, policy, 8, DEV, seed=0, precision="auto")
+        assert collector.precision == "bf16"
+        buf, _, _, _ = collector.collect()
+    finally:
+        env.close()
+    with torch.no_grad(), autocast("bf16", DEV):
+        logits, _, _ = policy(buf.obs, buf.initial_state, buf.training_resets())
+    logp = torch.log_softmax(logits, -1).gather(-1, buf.actions.unsqueeze(-1)).squeeze(-1)
+    assert ((logp - buf.logprobs).exp() - 1).abs().max().item() < 0.02
+
+
 def test_cortex_policy_trains_under_bf16_on_cuda(tmp_path):
     """A cortex core (AGaLiTe, sLSTM, Axon) under bf16 autocast on the GPU: the stack must still run
     in float32 (torch has no bf16 complex kernels for Axon's traces)."""

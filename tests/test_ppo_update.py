@@ -111,3 +111,51 @@ def test_target_kl_stops_the_update_before_the_step_that_exceeds_it():
     assert stats.minibatches == 3
     stats, _ = _update(update_epochs=3)  # off by default
     assert stats.minibatches == 3
+
+
+def _textbook_loss(logits, values, actions, old_logp, adv, ret, old_v, clip, ent_coef, vf_coef, clip_vloss):
+    """The PPO loss as the module docstring writes it, for autograd to differentiate."""
+    logp = torch.log_softmax(logits, -1)
+    ratio = (logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+    entropy = -(logp.exp() * logp).sum(-1).mean()
+    if clip_vloss:
+        v_clipped = old_v + (values - old_v).clamp(-clip, clip)
+        v = 0.5 * torch.max((values - ret) ** 2, (v_clipped - ret) ** 2).mean()
+    else:
+        v = 0.5 * ((values - ret) ** 2).mean()
+    return pg - ent_coef * entropy + vf_coef * v, torch.stack([pg, v, entropy])
+
+
+@pytest.mark.parametrize("clip_vloss", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hand_written_gradient_equals_autograd_on_the_textbook_loss(clip_vloss, seed):
+    """PPOLoss's closed-form gradient against autograd in float64: ratios spread far outside the
+    clip range on both sides, advantages of both signs, values inside and outside their clip."""
+    from fiberlab.rl.ppo_loss import PPOLoss
+
+    g = torch.Generator().manual_seed(seed)
+    b, t, a = 5, 7, 4
+    logits = (2 * torch.randn(b, t, a, generator=g, dtype=torch.float64)).requires_grad_()
+    values = torch.randn(b, t, generator=g, dtype=torch.float64).requires_grad_()
+    actions = torch.randint(0, a, (b, t), generator=g)
+    with torch.no_grad():
+        logp_taken = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    old_logp = logp_taken - 0.6 * torch.randn(b, t, generator=g, dtype=torch.float64)  # ratios ~ e^{+-0.6}
+    adv = torch.randn(b, t, generator=g, dtype=torch.float64)
+    ret = torch.randn(b, t, generator=g, dtype=torch.float64)
+    old_v = values.detach() + 0.5 * torch.randn(b, t, generator=g, dtype=torch.float64)
+    args = (actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, clip_vloss)
+    ratio = (logp_taken - old_logp).exp()
+    assert bool(((ratio - 1).abs() > 0.2).any()) and bool(((ratio - 1).abs() < 0.2).any())
+
+    want, want_stats = _textbook_loss(logits, values, *args)
+    want_dz, want_dv = torch.autograd.grad(want, (logits, values))
+    got, got_stats = PPOLoss.apply(logits, values, *args)
+    got_dz, got_dv = torch.autograd.grad(3.0 * got, (logits, values))  # the upstream gradient scales it
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_stats[:3], want_stats.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_dz, 3.0 * want_dz, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_dv, 3.0 * want_dv, rtol=1e-10, atol=1e-12)
+    assert float(got_stats[4]) == pytest.approx(float(((ratio - 1).abs() > 0.2).double().mean()))
+    assert float(got_stats[3]) == pytest.approx(float(((ratio - 1) - ratio.log()).mean()))

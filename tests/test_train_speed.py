@@ -111,6 +111,28 @@ def test_patch_conv_acting_weight_cache_follows_optimizer_steps():
             assert not torch.allclose(ours(x), first)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_patch_conv_under_bf16_autocast_multiplies_bf16_patches_and_weights(grad):
+    """Under bf16 autocast the strided-copy gather writes bf16 patches and the weight is used in
+    bf16 (kept while acting, per dtype): the output is the float64 convolution of the bf16-rounded
+    input and weight, up to float32 accumulation; float32 calls before and after are unchanged."""
+    torch.manual_seed(0)
+    ours = PatchConv2d(34, 8, 5, 3)
+    x = torch.rand(4, 34, 11, 11).contiguous(memory_format=torch.channels_last)
+    rounded = nn.functional.conv2d(x.bfloat16().double(), ours.weight.bfloat16().double(), ours.bias.bfloat16().double(), 3)
+    exact = nn.functional.conv2d(x.double(), ours.weight.double(), ours.bias.double(), 3)
+    with torch.set_grad_enabled(grad):
+        y32 = ours(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y16 = ours(x)
+        y32_after = ours(x)
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    torch.testing.assert_close(y16.double(), rounded, rtol=8e-3, atol=8e-3)  # one bf16 rounding of the output
+    assert (y16.double() - exact).abs().max() > 10 * (y32.double() - exact).abs().max()  # bf16 really ran
+    torch.testing.assert_close(y32.double(), exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y32_after, y32)  # the float32 weight was not replaced by the bf16 one
+
+
 def test_patch_conv_chains_through_channels_last_without_a_gather():
     """fast's second conv covers the whole 3x3 map: it reads the first conv's channels-last output
     as it lies in memory (no index), and the chain still equals two nn.Conv2d."""

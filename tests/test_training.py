@@ -137,7 +137,8 @@ def test_plain_progress_when_not_a_terminal(cli, tmp_path):
 
 
 def test_bf16_update_trains_and_stays_close_to_fp32(tmp_path):
-    """precision=bf16 autocasts the update's forward pass; the first epoch's losses stay close."""
+    """precision=bf16 autocasts acting and the update's forward pass (the encoder and heads; mlp_lstm's
+    encoder is one layer); the first epoch's losses stay close to fp32's."""
     from fiberlab.config import apply_overrides
     from fiberlab.recipes import get_recipe
     from fiberlab.rl.trainer import Trainer

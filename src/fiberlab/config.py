@@ -154,9 +154,12 @@ class TrainerConfig(StrictModel):
     # Shorthand for strict TBPTT: stored detached state, resets applied inside segments, no traces.
     # Setting it with a contradicting pass_state / reset_in_training / axon_traces is an error.
     strict_tbptt: bool = False
-    # bf16: the PPO update's forward pass under autocast (AMX on recent Xeons, tensor cores on GPUs);
-    # weights, optimizer state, losses and acting stay fp32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # bf16: the PPO update's encoder and hidden head layers under autocast (bf16 matrix units:
+    # AVX512-BF16 or AMX CPUs, GPUs); the memory core, the heads' output layers, weights, optimizer
+    # state, losses and acting stay fp32. auto: bf16 where the device has native bf16 and the
+    # architecture record says it pays (``bf16_update``: the conv policies), else fp32
+    # (fiberlab.devices.resolve_precision; docs/training.md, "Precision").
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_interval: int = Field(10, ge=1)  # epochs
     # Torch threads while acting (rollout) and during the PPO update (no env is stepping then).
     # None (auto): the cores this process may use, split between DDP ranks on one machine

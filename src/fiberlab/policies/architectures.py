@@ -52,6 +52,9 @@ class Architecture:
     critic_activation: type[nn.Module]
     lstm_bias: float  # initial value of every LSTM bias
     patch_convs: bool = False  # CPU convs as gather + matmul (policies/patch_conv.py): only where measured faster
+    # trainer.precision=auto runs the update's encoder and hidden head layers in bf16 on devices
+    # with native bf16: only where measured faster (docs/benchmarks.md, issue 16)
+    bf16_update: bool = False
     cortex: CortexDefaults = field(default_factory=CortexDefaults)  # core=cortex: cortex.md section 4's default
 
     def width_defaults(self) -> dict[str, Any]:
@@ -70,6 +73,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         encoder="conv", conv_channels=(64, 64), conv_geometry=((5, 3), (3, 1)), linear=(128, 128), core_hidden=128,
         actor_hidden=(512,), critic_hidden=(1024,), critic_activation=nn.Tanh, lstm_bias=1.0,
         patch_convs=True,  # 11x11 -> 3x3 -> 1x1 maps: 1.6x faster acting, 1.8x faster update than oneDNN (docs/benchmarks.md)
+        bf16_update=True,  # AVX512-BF16 CPU: arena trainer +23 % (docs/benchmarks.md, issue 16)
     ),
     "atari": Architecture(
         name="atari",
@@ -78,6 +82,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         encoder="conv", conv_channels=(32, 64, 64), conv_geometry=((8, 4), (4, 2), (3, 1)), linear=(512,),
         core_hidden=512, actor_hidden=(), critic_hidden=(), critic_activation=nn.ReLU, lstm_bias=0.0,
         patch_convs=False,  # 105x80 -> 25x19 maps: oneDNN is 2.5x faster than gather + matmul there
+        bf16_update=True,  # AVX512-BF16 CPU: beam_rider trainer +54 % (docs/benchmarks.md, issue 16)
     ),
     "mlp_lstm": Architecture(
         name="mlp_lstm",

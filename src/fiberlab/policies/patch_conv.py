@@ -77,12 +77,16 @@ class PatchConv2d(nn.Conv2d):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(b, c * h * w)
         index = self._index(c, h, w, channels_last, x.device)
+        # under autocast the product runs in its dtype: patches and weight are made in it directly
+        # (a float32 patch matrix cast afterwards is one more pass over it: 18 against 4 ms at B=1536)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if index is None:
             patches = flat
         elif channels_last and not x.requires_grad:  # a strided copy of runs of k*C numbers (below)
-            patches = x.permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, k * k * c)
+            patches = torch.empty((b, oh, ow, k, k, c), dtype=dtype, device=x.device)
+            patches.copy_(x.permute(0, 2, 3, 1).unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3))
         else:
             patches = flat.index_select(1, index)
-        weight = self._patch_weight.get((self.weight,), self._weight_columns, (x.dtype, x.device))
+        weight = self._patch_weight.get((self.weight,), lambda: self._weight_columns().to(dtype), (dtype, x.device))
         y = F.linear(patches.view(b * oh * ow, k * k * c), weight, self.bias)
         return y.view(b, oh, ow, o).permute(0, 3, 1, 2)

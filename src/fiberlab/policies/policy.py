@@ -55,12 +55,33 @@ class RecurrentPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         """Sequence form: obs ``[B, T, *obs_shape]`` -> logits ``[B, T, A]``, values ``[B, T]``."""
-        x = self.encode(obs)
-        y, state = self.core(x, state, resets=resets)
-        return self.actor(y), self.critic(y).squeeze(-1), state
+        return self._run(obs, state, resets)
 
     def step(self, obs: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One step: obs ``[B, *obs_shape]`` -> logits ``[B, A]``, values ``[B]``."""
+        return self._run(obs, state, resets)
+
+    def _run(self, obs: torch.Tensor, state: State | None, resets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """encoder -> core -> heads. Under bf16 autocast (``trainer.precision``) only the encoder and
+        the heads' hidden layers run in bf16, where the multiply-adds are: the core keeps its state
+        in float32 (a memory rounded to 8 bits every step drifts from the one acting carried), and
+        the heads' output layers read the bf16 hidden units in float32, so logits and values carry
+        one rounding of their inputs, not of their own sums. Acting runs under the same autocast as
+        the update (``fiberlab.rl.precision``), so the first minibatch's PPO ratio stays 1."""
         x = self.encode(obs)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast:
+            with torch.autocast(x.device.type, enabled=False):
+                y, state = self.core(x.float(), state, resets=resets)
+            return _head_fp32_out(self.actor, y), _head_fp32_out(self.critic, y).squeeze(-1), state
         y, state = self.core(x, state, resets=resets)
         return self.actor(y), self.critic(y).squeeze(-1), state
+
+
+def _head_fp32_out(head: nn.Sequential, y: torch.Tensor) -> torch.Tensor:
+    """A head under autocast: its hidden layers as autocast runs them, its output layer in float32."""
+    *hidden, out = head
+    for layer in hidden:
+        y = layer(y)
+    with torch.autocast(y.device.type, enabled=False):
+        return out(y.float())

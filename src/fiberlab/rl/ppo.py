@@ -9,11 +9,15 @@ Names follow the paper and CleanRL so the code can be checked line by line:
     approx_kl = mean((ratio - 1) - logratio)        (Schulman's low-variance estimator)
     clipfrac  = mean(|ratio - 1| > eps)
 
+The gradient of this loss to the network's logits and values is written out in ``rl/ppo_loss.py``
+(tested against autograd on these expressions).
+
 The resets are the rollout's own (``Rollout.training_resets``): the forward pass gets the state
 carried into each segment and zeroes it where an episode starts, exactly as acting did.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +26,8 @@ from torch import nn
 from fiberlab.config import TrainerConfig
 from fiberlab.cortex.base import map_state
 from fiberlab.errors import OperationFailed
+from fiberlab.rl.ppo_loss import PPOLoss
+from fiberlab.rl.precision import autocast, run_precision
 from fiberlab.rl.rollout import Rollout
 
 
@@ -67,6 +73,8 @@ def ppo_update(
     """
     n, horizon = rollout.actions.shape
     resets = rollout.training_resets(cfg.reset_in_training)
+    device = rollout.obs.device
+    precision = run_precision(cfg.precision, getattr(model, "module", model), device)  # as acting ran
     totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
     measured = steps = 0
     stop = False
@@ -76,38 +84,22 @@ def ppo_update(
                 state = map_state(rollout.initial_state, lambda v: v[idx])  # the segments' rows (nested dicts too)
             else:
                 state = None
-            with torch.autocast(rollout.obs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with autocast(precision, device):
                 logits, newvalue, _ = model(rollout.obs[idx], state, resets[idx])
             logits, newvalue = logits.float(), newvalue.float()
-            logp_all = torch.log_softmax(logits, dim=-1)
-            newlogprob = logp_all.gather(-1, rollout.actions[idx].unsqueeze(-1)).squeeze(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-            logratio = newlogprob - rollout.logprobs[idx]
-            ratio = logratio.exp()
-
             mb_adv = advantages[idx]
             if cfg.norm_adv:
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-
-            mb_ret, mb_oldv = returns[idx], rollout.values[idx]
-            if cfg.clip_vloss:
-                v_clipped = mb_oldv + (newvalue - mb_oldv).clamp(-cfg.clip_coef, cfg.clip_coef)
-                v_loss = 0.5 * torch.max((newvalue - mb_ret) ** 2, (v_clipped - mb_ret) ** 2).mean()
-            else:
-                v_loss = 0.5 * ((newvalue - mb_ret) ** 2).mean()
-
-            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, minibatch {mb_i}: training stopped")
-
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean()
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-            for name, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
-                totals[name] += value.item()
+            # the losses above, their gradient to logits and values written out (rl/ppo_loss.py)
+            loss, mb_stats = PPOLoss.apply(logits, newvalue, rollout.actions[idx], rollout.logprobs[idx], mb_adv, returns[idx],
+                                           rollout.values[idx], cfg.clip_coef, cfg.ent_coef, cfg.vf_coef, cfg.clip_vloss)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch}, minibatch {mb_i}: training stopped")
+            for name, value in zip(totals, mb_stats.tolist(), strict=True):  # policy_loss, value_loss, entropy, approx_kl, clipfrac
+                totals[name] += value
             measured += 1
-            if cfg.target_kl is not None and mean_over_ranks(approx_kl) > cfg.target_kl:
+            if cfg.target_kl is not None and mean_over_ranks(mb_stats[3]) > cfg.target_kl:
                 stop = True  # every DDP rank sees the same mean, so all stop at the same minibatch
                 break
 

@@ -18,6 +18,7 @@ import torch
 from fiberlab.cortex.base import map_state
 from fiberlab.envs.base import EpisodeStats, VecEnv
 from fiberlab.policies.cores import State
+from fiberlab.rl.precision import autocast, run_precision
 
 
 def copy_state_(dst: State, src: State) -> None:
@@ -66,10 +67,15 @@ class Rollout:
 
 
 class RolloutCollector:
-    """Steps the policy and env ``bptt_horizon`` times, carrying obs and state across calls."""
+    """Steps the policy and env ``bptt_horizon`` times, carrying obs and state across calls.
 
-    def __init__(self, env: VecEnv, policy: torch.nn.Module, horizon: int, device: torch.device, seed: int) -> None:
+    ``precision`` is ``trainer.precision`` (default ``auto``, as the trainer's): acting runs in what
+    it resolves to, and ``ppo_update`` resolves the same setting the same way (``rl/precision.py``).
+    """
+
+    def __init__(self, env: VecEnv, policy: torch.nn.Module, horizon: int, device: torch.device, seed: int, precision: str = "auto") -> None:
         self.env, self.policy, self.horizon, self.device = env, policy, horizon, device
+        self.precision = run_precision(precision, policy, device)  # the update resolves it the same way
         n = env.num_agents
         obs = env.reset(seed)
         self.obs = torch.as_tensor(obs).to(device)
@@ -81,6 +87,13 @@ class RolloutCollector:
     @torch.inference_mode()
     def collect(self, generator: torch.Generator | None = None) -> tuple[Rollout, torch.Tensor, list[EpisodeStats], int]:
         """Fill the buffer; return it, V(s_T) for bootstrapping, finished episodes, agent steps."""
+        # acting in the precision the update will use (fiberlab.rl.precision). Autocast keeps no
+        # cast weights under inference_mode; no_grad would, but measured no faster on arena (the
+        # big weight, the first conv's, is kept in bf16 by PatchConv2d itself)
+        with autocast(self.precision, self.device):
+            return self._collect(generator)
+
+    def _collect(self, generator: torch.Generator | None) -> tuple[Rollout, torch.Tensor, list[EpisodeStats], int]:
         buf, episodes = self.buf, []
         for t in range(self.horizon):
             if t == 0:

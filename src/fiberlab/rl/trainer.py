@@ -132,7 +132,7 @@ class Trainer:
             model = dist_utils.DistributedPolicy(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.policy = policy = model.module  # SyncBatchNorm conversion may have replaced modules
 
-        collector = RolloutCollector(env, policy, tc.bptt_horizon, self.device, seed=self.env_seed + 7_919 * self.epoch)
+        collector = RolloutCollector(env, policy, tc.bptt_horizon, self.device, seed=self.env_seed + 7_919 * self.epoch, precision=tc.precision)
         gen = torch.Generator().manual_seed(cfg.seed + 31 * self.dist.rank + 1_000_003 * self.epoch)
         self._hooks = hooks = CallbackList([*self._default_callbacks(), *self.user_callbacks.callbacks])
         try:
