@@ -99,7 +99,7 @@ def test_bf16_autocast_on_cuda_trains_and_stays_close_to_fp32(tmp_path):
 def test_auto_precision_on_cuda_acts_and_updates_in_bf16_with_the_ratio_at_one():
     """trainer.precision=auto on a GPU with bf16: the conv policies act and update in bf16, and the
     update's log-probabilities of the rollout's actions match acting's (GEMMs of other shapes may
-    round differently on the GPU, so the bound is looser than the CPU test's 1e-3)."""
+    round differently on the GPU, so the bound is looser than the CPU test's 5e-3)."""
     from fiberlab.config import PolicyConfig, apply_overrides
     from fiberlab.envs import make_vecenv
     from fiberlab.policies import build_policy
