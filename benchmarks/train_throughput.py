@@ -492,12 +492,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{machine_line()}, "
           f"device {args.device}{' (cuda available)' if torch.cuda.is_available() else ''}", flush=True)
-    from fiberlab.devices import resolve_device, resolve_precision
-    from fiberlab.policies.architectures import architecture
+    from fiberlab.devices import resolve_device
+    from fiberlab.rl.precision import architecture_precision
 
     for g, c in configs.items():
         t = c.trainer
-        precision = resolve_precision(t.precision, resolve_device(c.device), architecture(c.policy.name).bf16_update)
+        precision = architecture_precision(t.precision, c.policy.name, resolve_device(c.device))
         print(f"{g}: env {c.env.name} x{c.env.num_envs}, policy {c.policy.name}, bptt {t.bptt_horizon}, minibatch {t.minibatch_size}, "
               f"epochs {t.update_epochs}, torch threads {t.torch_threads or 'auto'} (update {t.update_threads or 'auto'}), "
               f"precision {t.precision}{f' -> {precision}' if precision != t.precision else ''}, {t.total_timesteps} agent steps per row", flush=True)

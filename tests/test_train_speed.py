@@ -133,6 +133,16 @@ def test_patch_conv_under_bf16_autocast_multiplies_bf16_patches_and_weights(grad
     assert torch.equal(y32_after, y32)  # the float32 weight was not replaced by the bf16 one
 
 
+def test_patch_conv_under_autocast_leaves_float64_in_float64():
+    """Autocast casts float32 products only: a float64 input keeps its float64 patches and weight."""
+    ref, ours = _pair(34, 8, 5, 3)
+    x = torch.randn(2, 34, 11, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, ref(x).detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_patch_conv_chains_through_channels_last_without_a_gather():
     """fast's second conv covers the whole 3x3 map: it reads the first conv's channels-last output
     as it lies in memory (no index), and the chain still equals two nn.Conv2d."""

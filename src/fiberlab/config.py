@@ -154,9 +154,9 @@ class TrainerConfig(StrictModel):
     # Shorthand for strict TBPTT: stored detached state, resets applied inside segments, no traces.
     # Setting it with a contradicting pass_state / reset_in_training / axon_traces is an error.
     strict_tbptt: bool = False
-    # bf16: the PPO update's encoder and hidden head layers under autocast (bf16 matrix units:
-    # AVX512-BF16 or AMX CPUs, GPUs); the memory core, the heads' output layers, weights, optimizer
-    # state, losses and acting stay fp32. auto: bf16 where the device has native bf16 and the
+    # bf16: acting and the PPO update run the encoder and the heads' hidden layers under autocast
+    # (bf16 matrix units: AVX512-BF16 or AMX CPUs, GPUs); the memory core, the heads' output layers,
+    # weights, optimizer state, losses and evaluation stay fp32. auto: bf16 where the device has native bf16 and the
     # architecture record says it pays (``bf16_update``: the conv policies), else fp32
     # (fiberlab.devices.resolve_precision; docs/training.md, "Precision").
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -77,9 +77,10 @@ class PatchConv2d(nn.Conv2d):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         flat = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(b, c * h * w)
         index = self._index(c, h, w, channels_last, x.device)
-        # under autocast the product runs in its dtype: patches and weight are made in it directly
-        # (a float32 patch matrix cast afterwards is one more pass over it: 18 against 4 ms at B=1536)
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        # under autocast a float32 product runs in its dtype: patches and weight are made in it
+        # directly (a float32 patch matrix cast afterwards is one more pass: 18 against 4 ms at B=1536)
+        cast = torch.is_autocast_enabled("cpu") and x.dtype == torch.float32  # autocast casts float32 only
+        dtype = torch.get_autocast_dtype("cpu") if cast else x.dtype
         if index is None:
             patches = flat
         elif channels_last and not x.requires_grad:  # a strided copy of runs of k*C numbers (below)
