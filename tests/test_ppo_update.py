@@ -127,25 +127,46 @@ def _textbook_loss(logits, values, actions, old_logp, adv, ret, old_v, clip, ent
     return pg - ent_coef * entropy + vf_coef * v, torch.stack([pg, v, entropy])
 
 
-@pytest.mark.parametrize("clip_vloss", [True, False])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hand_written_gradient_equals_autograd_on_the_textbook_loss(clip_vloss, seed):
-    """PPOLoss's closed-form gradient against autograd in float64: ratios spread far outside the
-    clip range on both sides, advantages of both signs, values inside and outside their clip."""
-    from fiberlab.rl.ppo_loss import PPOLoss
+def _loss_form(monkeypatch, form: str) -> None:
+    """Make PPOLoss use its compiled loop ("loop") or its tensor form ("tensor") on CPU tensors."""
+    from fiberlab.cortex.kernels import cpu_loops
+    from fiberlab.rl import ppo_loss
 
+    if form == "loop" and not cpu_loops.AVAILABLE:
+        pytest.skip("numba is not installed")
+    if form == "tensor":
+        monkeypatch.setattr(ppo_loss, "use_loop", lambda *tensors: False)
+
+
+def _random_batch(seed, dtype=torch.float64, b=5, t=7, a=4, v_spread=0.5):
+    """Logits, values and the loss's other inputs: ratios ~e^{+-0.6}, advantages of both signs."""
     g = torch.Generator().manual_seed(seed)
-    b, t, a = 5, 7, 4
-    logits = (2 * torch.randn(b, t, a, generator=g, dtype=torch.float64)).requires_grad_()
-    values = torch.randn(b, t, generator=g, dtype=torch.float64).requires_grad_()
+    logits = (2 * torch.randn(b, t, a, generator=g, dtype=dtype)).requires_grad_()
+    values = torch.randn(b, t, generator=g, dtype=dtype).requires_grad_()
     actions = torch.randint(0, a, (b, t), generator=g)
     with torch.no_grad():
         logp_taken = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    old_logp = logp_taken - 0.6 * torch.randn(b, t, generator=g, dtype=torch.float64)  # ratios ~ e^{+-0.6}
-    adv = torch.randn(b, t, generator=g, dtype=torch.float64)
-    ret = torch.randn(b, t, generator=g, dtype=torch.float64)
-    old_v = values.detach() + 0.5 * torch.randn(b, t, generator=g, dtype=torch.float64)
+    old_logp = logp_taken - 0.6 * torch.randn(b, t, generator=g, dtype=dtype)
+    adv = torch.randn(b, t, generator=g, dtype=dtype) + 0.3
+    ret = torch.randn(b, t, generator=g, dtype=dtype)
+    old_v = values.detach() + v_spread * torch.randn(b, t, generator=g, dtype=dtype)
+    return logits, values, actions, old_logp, adv, ret, old_v
+
+
+@pytest.mark.parametrize("form", ["loop", "tensor"])
+@pytest.mark.parametrize("clip_vloss", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hand_written_gradient_equals_autograd_on_the_textbook_loss(clip_vloss, seed, form, monkeypatch):
+    """PPOLoss's closed-form gradient against autograd in float64, in both of its forms: ratios
+    spread far outside the clip range on both sides, advantages of both signs, values inside and
+    outside their clip."""
+    from fiberlab.rl.ppo_loss import PPOLoss
+
+    _loss_form(monkeypatch, form)
+    logits, values, actions, old_logp, adv, ret, old_v = _random_batch(seed)
     args = (actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, clip_vloss)
+    with torch.no_grad():
+        logp_taken = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     ratio = (logp_taken - old_logp).exp()
     assert bool(((ratio - 1).abs() > 0.2).any()) and bool(((ratio - 1).abs() < 0.2).any())
 
@@ -159,3 +180,82 @@ def test_hand_written_gradient_equals_autograd_on_the_textbook_loss(clip_vloss, 
     torch.testing.assert_close(got_dv, 3.0 * want_dv, rtol=1e-10, atol=1e-12)
     assert float(got_stats[4]) == pytest.approx(float(((ratio - 1).abs() > 0.2).double().mean()))
     assert float(got_stats[3]) == pytest.approx(float(((ratio - 1) - ratio.log()).mean()))
+
+
+@pytest.mark.parametrize("form", ["loop", "tensor"])
+def test_normalised_advantages_inside_the_loss_equal_the_textbook_on_normalised_advantages(form, monkeypatch):
+    from fiberlab.rl.ppo_loss import PPOLoss
+
+    _loss_form(monkeypatch, form)
+    logits, values, actions, old_logp, adv, ret, old_v = _random_batch(3)
+    normed = (adv - adv.mean()) / (adv.std() + 1e-8)
+    want, _ = _textbook_loss(logits, values, actions, old_logp, normed, ret, old_v, 0.2, 0.05, 0.7, True)
+    want_dz = torch.autograd.grad(want, logits)[0]
+    got, _ = PPOLoss.apply(logits, values, actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, True, True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, logits)[0], want_dz, rtol=1e-10, atol=1e-12)
+    unnormed, _ = PPOLoss.apply(logits, values, actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, True, False)
+    assert abs(float(unnormed.detach()) - float(got.detach())) > 1e-3  # the flag changes the loss
+
+
+@pytest.mark.parametrize("form", ["loop", "tensor"])
+def test_value_gradient_follows_autograd_where_rounding_makes_the_unclipped_value_term_larger(form, monkeypatch):
+    """Inside the value clip the two value terms are equal up to float32 rounding; whichever is
+    larger, the gradient is (V - R), as autograd's (the clamp passes it). Choosing 0 there, as the
+    first hand-written version did, lost ~1 sample's value gradient in 256."""
+    from fiberlab.rl.ppo_loss import PPOLoss
+
+    _loss_form(monkeypatch, form)
+    logits, values, actions, old_logp, adv, ret, old_v = _random_batch(4, torch.float32, b=32, t=32, v_spread=0.05)
+    inside = (values.detach() - old_v).abs() <= 0.2
+    assert inside.float().mean() > 0.9
+    want, _ = _textbook_loss(logits, values, actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, True)
+    want_dv = torch.autograd.grad(want, values)[0]
+    got, _ = PPOLoss.apply(logits, values, actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, True)
+    got_dv = torch.autograd.grad(got, values)[0]
+    assert bool((want_dv[inside] != 0).all())  # every sample inside the clip carries a value gradient
+    torch.testing.assert_close(got_dv, want_dv, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loop_and_tensor_forms_agree(dtype, monkeypatch):
+    """The compiled loop (float64 inside) and the tensor form (the input's precision) on one batch."""
+    from fiberlab.cortex.kernels import cpu_loops
+    from fiberlab.rl import ppo_loss
+
+    if not cpu_loops.AVAILABLE:
+        pytest.skip("numba is not installed")
+    batch = _random_batch(5, dtype, b=16, t=16)
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(ppo_loss, "use_loop", lambda *tensors, use=use: use)
+        loss, stats = ppo_loss.PPOLoss.apply(*batch[:2], *batch[2:], 0.2, 0.01, 0.5, True, True)
+        results.append((loss.detach(), stats, *torch.autograd.grad(loss, batch[:2])))
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for got, want in zip(*results):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_nan_logits_or_values_make_the_loss_nan_in_the_loop(monkeypatch):
+    """The trainer stops on a NaN loss (TrainingDiverged): the loop must not swallow a NaN in a max."""
+    from fiberlab.rl.ppo_loss import PPOLoss
+
+    _loss_form(monkeypatch, "loop")
+    for which in (0, 1):
+        logits, values, actions, old_logp, adv, ret, old_v = (x.detach() if torch.is_tensor(x) else x for x in _random_batch(6))
+        (logits, values)[which].view(-1)[3] = torch.nan
+        for clip_vloss in (True, False):
+            loss, _ = PPOLoss.apply(logits, values, actions, old_logp, adv, ret, old_v, 0.2, 0.05, 0.7, clip_vloss)
+            assert math.isnan(float(loss))
+
+
+def test_large_minibatches_use_the_tensor_form():
+    """Past LOOP_MAX_LOGITS the vectorised tensor form is faster than the one-thread loop."""
+    from fiberlab.cortex.kernels import cpu_loops
+    from fiberlab.rl.ppo_loss import LOOP_MAX_LOGITS, use_loop
+
+    small, values = torch.zeros(LOOP_MAX_LOGITS // 4, 4), torch.zeros(LOOP_MAX_LOGITS // 4)
+    assert use_loop(small, values) == cpu_loops.AVAILABLE
+    assert not use_loop(torch.zeros(LOOP_MAX_LOGITS // 4 + 1, 4), torch.zeros(LOOP_MAX_LOGITS // 4 + 1))
+    assert not use_loop(small.half(), values.half()) and not use_loop(small, values.double())

@@ -26,6 +26,7 @@ from torch import nn
 from fiberlab.config import TrainerConfig
 from fiberlab.cortex.base import map_state
 from fiberlab.errors import OperationFailed
+from fiberlab.rl.gradients import FlatGradients
 from fiberlab.rl.ppo_loss import PPOLoss
 from fiberlab.rl.precision import autocast, run_precision
 from fiberlab.rl.rollout import Rollout
@@ -78,6 +79,7 @@ def ppo_update(
     totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
     measured = steps = 0
     stop = False
+    grads: FlatGradients | None = None  # made at the first step: zeroed and clipped in one operation each
     for _ in range(cfg.update_epochs):
         for mb_i, idx in enumerate(segment_minibatches(n, horizon, cfg.minibatch_size, generator)):
             if cfg.pass_state:
@@ -87,12 +89,10 @@ def ppo_update(
             with autocast(precision, device):
                 logits, newvalue, _ = model(rollout.obs[idx], state, resets[idx])
             logits, newvalue = logits.float(), newvalue.float()
-            mb_adv = advantages[idx]
-            if cfg.norm_adv:
-                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            # the losses above, their gradient to logits and values written out (rl/ppo_loss.py)
-            loss, mb_stats = PPOLoss.apply(logits, newvalue, rollout.actions[idx], rollout.logprobs[idx], mb_adv, returns[idx],
-                                           rollout.values[idx], cfg.clip_coef, cfg.ent_coef, cfg.vf_coef, cfg.clip_vloss)
+            # the losses above (advantages standardised per minibatch with norm_adv), their gradient
+            # to logits and values written out (rl/ppo_loss.py)
+            loss, mb_stats = PPOLoss.apply(logits, newvalue, rollout.actions[idx], rollout.logprobs[idx], advantages[idx], returns[idx],
+                                           rollout.values[idx], cfg.clip_coef, cfg.ent_coef, cfg.vf_coef, cfg.clip_vloss, cfg.norm_adv)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch}, minibatch {mb_i}: training stopped")
@@ -103,9 +103,12 @@ def ppo_update(
                 stop = True  # every DDP rank sees the same mean, so all stop at the same minibatch
                 break
 
-            optimizer.zero_grad(set_to_none=True)
+            if grads is None:
+                grads = FlatGradients(model.parameters())  # zeroed (rl/gradients.py)
+            else:
+                grads.zero_()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grads.clip_(cfg.max_grad_norm)  # nn.utils.clip_grad_norm_'s rule
             optimizer.step()
             steps += 1
         if stop:
