@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from fiberlab.cortex.kernels.cpu_loops import as_numpy, jit, runs_here
+from fiberlab.rl.sampling import softmax_row
 
 
 class PPOLoss(torch.autograd.Function):
@@ -146,16 +147,8 @@ def _loss_loop(logits, actions, samples, clip, ent_coef, vf_coef, clip_vloss, no
     pg = v = ent = kl = clipped = 0.0
     e = np.empty(n_actions)  # exp(z_j - max z) of the current row
     for i in range(m):
-        # log p = z - logsumexp(z); one exp per logit
-        top = -math.inf
-        for j in range(n_actions):
-            top = max(top, float(logits[i, j]))
-        total = 0.0
-        for j in range(n_actions):
-            e[j] = math.exp(logits[i, j] - top)
-            total += e[j]
-        log_total = math.log(total)
-        lse = top + log_total
+        top, total = softmax_row(logits, i, e)  # log p = z - logsumexp(z); one exp per logit
+        lse = top + math.log(total)
         h = 0.0  # H_m = -sum_j p_j l_j
         for j in range(n_actions):
             h -= e[j] / total * (logits[i, j] - lse)

@@ -19,6 +19,7 @@ from fiberlab.cortex.base import map_state
 from fiberlab.envs.base import EpisodeStats, VecEnv
 from fiberlab.policies.cores import State
 from fiberlab.rl.precision import autocast, run_precision
+from fiberlab.rl.sampling import sample_actions
 
 
 def copy_state_(dst: State, src: State) -> None:
@@ -101,10 +102,7 @@ class RolloutCollector:
             buf.obs[:, t] = self.obs
             buf.starts[:, t] = self.start
             logits, value, self.state = self.policy.step(self.obs, self.state, resets=self.start)
-            logp_all = torch.log_softmax(logits, dim=-1)
-            action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
-            buf.actions[:, t] = action
-            buf.logprobs[:, t] = logp_all.gather(1, action[:, None]).squeeze(1)
+            action, _ = sample_actions(logits, generator, buf.actions[:, t], buf.logprobs[:, t])  # rl/sampling.py
             buf.values[:, t] = value
             obs, reward, done, finished = self.env.step(action.cpu().numpy())
             episodes += finished
