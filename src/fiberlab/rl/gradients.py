@@ -11,8 +11,9 @@ Clipping is ``nn.utils.clip_grad_norm_``'s rule, on the whole buffer at once::
     g <- g * min(1, max_norm / (||g||_2 + 1e-6))
 
 One difference from ``zero_grad(set_to_none=True)``: a parameter that took no part in the forward
-pass keeps a zero gradient instead of ``None`` (Adam then still moves it by its momentum). The
-policies here use every parameter in every pass.
+pass keeps a zero gradient instead of ``None``, so Adam still steps it by its momentum. A parameter
+never used has none (it stays put); one used only in some minibatches drifts on the others, as
+with ``zero_grad(set_to_none=False)``. The policies here use every parameter in every pass.
 """
 from __future__ import annotations
 

@@ -29,9 +29,10 @@ With ``norm_adv`` the advantages are first standardised over the minibatch,
 ``A = (A - mean(A)) / (std(A) + 1e-8)`` (``std`` unbiased, as ``torch.std``); no gradient flows
 through them.
 
-Two forms of the same arithmetic: on CPU tensors a compiled loop (numba, :func:`_loss_loop`) does
-it in one pass over the samples, in float64 whatever the input's float type; elsewhere (GPU, or
-without numba) the tensor form does it in the input's precision. The loop exists because on
+Two forms of the same arithmetic: on CPU tensors of up to ``LOOP_MAX_LOGITS`` logits a compiled
+loop (numba, :func:`_loss_loop`) does it in one pass over the samples, in float64 whatever the
+input's float type; elsewhere (larger minibatches, GPUs, or without numba) the tensor form does it
+in the input's precision. The loop exists because on
 ``demo`` the tensor form's ~35 operations on 256-sample tensors cost ~400 us a minibatch in
 dispatch alone, a tenth of the whole update; the two are tested against each other and autograd.
 """
@@ -117,8 +118,8 @@ def _by_loop(logits, values, actions, old_logp, adv, returns, old_values, clip, 
     dlogits = torch.empty(logits.shape, dtype=dtype)
     dvalues = torch.empty(values.shape, dtype=dtype)
     out = torch.empty(6, dtype=dtype)
-    # the five per-sample inputs as the rows of one array: one copy instead of five conversions
-    samples = torch.stack([values.detach(), old_logp, adv, returns, old_values]).to(dtype).reshape(5, -1)
+    # the five per-sample inputs as the rows of one float64 array: one copy instead of five conversions
+    samples = torch.stack([values.detach(), old_logp, adv, returns, old_values]).to(torch.float64).reshape(5, -1)
     _loss_loop(as_numpy(logits.detach().reshape(-1, n_actions)), as_numpy(actions.reshape(-1)), as_numpy(samples),
                float(clip), float(ent_coef), float(vf_coef), bool(clip_vloss), bool(norm_adv),
                as_numpy(dlogits.view(-1, n_actions)), as_numpy(dvalues.view(-1)), as_numpy(out))
@@ -126,7 +127,7 @@ def _by_loop(logits, values, actions, old_logp, adv, returns, old_values, clip, 
 
 
 @jit
-def _loss_loop(logits, actions, samples, clip, ent_coef, vf_coef, clip_vloss, norm_adv, dlogits, dvalues, out):  # pragma: no cover - compiled by numba (its Python form is tested too)
+def _loss_loop(logits, actions, samples, clip, ent_coef, vf_coef, clip_vloss, norm_adv, dlogits, dvalues, out):  # pragma: no cover - compiled by numba
     """PPOLoss's forward pass over ``m`` samples in one loop (the module docstring's formulas, float64).
 
     ``logits``/``dlogits`` ``[m, A]``; ``samples`` ``[5, m]``: values, old log-probabilities,
