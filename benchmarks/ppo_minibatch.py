@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minibatches", type=int, default=400, help="minibatches timed per variant (default 400)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, as the trainer's update phase uses (default 2)")
     args = parser.parse_args(argv)
+    if args.minibatches < 1 or args.threads < 1:
+        parser.error(f"--minibatches and --threads must be >= 1, got {args.minibatches} and {args.threads}")
 
     import torch
     from torch import nn
 
-    from fiberlab.config import apply_overrides
+    from fiberlab.config import ConfigError, apply_overrides
     from fiberlab.cortex.base import map_state
     from fiberlab.envs import make_vecenv
     from fiberlab.policies import build_policy
@@ -53,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from fiberlab.rl.rollout import RolloutCollector
 
     over = ["device=cpu"] + (["env.num_envs=32"] if args.recipe == "demo" else [])  # demo as train_throughput.py runs it
-    cfg = apply_overrides(get_recipe(args.recipe), over)
+    try:
+        cfg = apply_overrides(get_recipe(args.recipe), over)
+    except ConfigError as err:
+        parser.error(str(err))  # one line, exit 2
     tc = cfg.trainer
     env = make_vecenv(cfg.env, cfg.seed)
     spec = env.spec

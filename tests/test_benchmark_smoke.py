@@ -101,3 +101,18 @@ def test_cortex_cells_quick_prints_the_acting_step_table(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cortex_cells.py"), "--step-batch", "-1"], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_ppo_minibatch_prints_every_part_and_the_ratio() -> None:
+    script = ROOT / "benchmarks" / "ppo_minibatch.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(script), "--minibatches", "20", "--threads", "1"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for part in ("forward", "loss", "zero", "backward", "clip", "step", "total"):
+        assert re.search(rf"^{part} +\d+\.\d +\d+\.\d +\d+\.\d\dx", proc.stdout, re.M), f"no {part} row in:\n{proc.stdout}"
+    assert "20 minibatches per variant" in proc.stdout
+    bad = subprocess.run([sys.executable, str(script), "--recipe", "nope"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "unknown recipe 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--minibatches", "0"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--minibatches" in bad.stderr and "Traceback" not in bad.stderr
